@@ -1,0 +1,3 @@
+from clinicguard.cli import main
+
+main()

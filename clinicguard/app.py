@@ -1,0 +1,103 @@
+"""The application factory: ``create_app(settings)`` wires everything, once.
+
+No module-level app, engine or settings: uvicorn calls :func:`create_app_from_env` as a
+factory in each worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import base64
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+from clinicguard import __version__
+from clinicguard.core.clock import Clock, SystemClock
+from clinicguard.core.logging import configure_logging
+from clinicguard.http import api as health_api
+from clinicguard.http.headers import ProfileTable, docs_profile
+from clinicguard.http.pipeline import pipeline_middleware
+from clinicguard.http.problems import install_exception_handlers
+from clinicguard.preflight import preflight
+from clinicguard.settings import Settings, load_settings
+from clinicguard.store.db import Database
+from clinicguard.store.interfaces import KeyValueStore
+from clinicguard.store.kv import create_kv_store
+
+OPENAPI_URL = "/api/openapi.json"
+DOCS_URL = "/api/docs"
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def _docs_page() -> tuple[bytes, list[str]]:
+    """The Swagger UI page and the sha256 hashes of its inline scripts (for the CSP)."""
+    page = get_swagger_ui_html(openapi_url=OPENAPI_URL, title="clinicguard API").body
+    scripts = _INLINE_SCRIPT.findall(bytes(page).decode())
+    hashes = [base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts]
+    return bytes(page), hashes
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database: Database | None = None,
+    kv: KeyValueStore | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """Build the service. ``database``, ``kv`` and ``clock`` may be passed in (tests, bench);
+    otherwise they are created from ``settings``."""
+    db = database or Database.from_url(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        hide_parameters=True,
+    )
+    store = kv or create_kv_store(settings.redis_url, timeout=settings.kv_timeout_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await preflight(settings, db)
+        try:
+            yield
+        finally:
+            await store.close()
+            await db.dispose()
+
+    docs_html, docs_hashes = _docs_page()
+    profiles = ProfileTable([] if settings.is_production else [(DOCS_URL, docs_profile(docs_hashes))])
+    app = FastAPI(
+        title="clinicguard",
+        version=__version__,
+        openapi_url=OPENAPI_URL,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        middleware=pipeline_middleware(settings, profiles=profiles),
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.database = db
+    app.state.kv = store
+    app.state.clock = clock or SystemClock()
+    install_exception_handlers(app)
+    app.include_router(health_api.router)
+
+    if not settings.is_production:
+
+        @app.get(DOCS_URL, include_in_schema=False)
+        async def api_docs() -> HTMLResponse:
+            return HTMLResponse(docs_html)
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The uvicorn factory: settings from the environment."""
+    settings = load_settings()
+    configure_logging(json_logs=settings.is_production)
+    return create_app(settings)

@@ -1,0 +1,1 @@
+"""Authentication: identities, passwords, tokens, sessions, MFA."""

@@ -1,0 +1,1 @@
+"""The clinic domain: clinics, patients, care teams, appointments, records, treatments."""

@@ -1,0 +1,234 @@
+"""The clinic domain's tables.
+
+Every tenant-owned table has ``clinic_id`` leading its primary key, its indexes and its
+foreign keys: a medical record can only point at a patient *of the same clinic*, enforced by
+the database itself, and the schema can be distributed by clinic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from clinicguard.core.clock import utcnow
+from clinicguard.core.ids import new_id
+from clinicguard.store.base import Base, TenantOwned, Timestamps
+
+MINUTES_PER_DAY = 24 * 60
+
+
+def _patient_fk() -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["clinic_id", "patient_id"], ["patients.clinic_id", "patients.id"], ondelete="RESTRICT"
+    )
+
+
+def _member_fk(column: str) -> ForeignKeyConstraint:
+    """The professional must be a member of the same clinic."""
+    return ForeignKeyConstraint(
+        ["clinic_id", column],
+        ["clinic_memberships.clinic_id", "clinic_memberships.user_id"],
+        ondelete="RESTRICT",
+    )
+
+
+class Clinic(Timestamps, Base):
+    """A tenant. Opening hours are minutes after local midnight (0-1440) in ``timezone``."""
+
+    __tablename__ = "clinics"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    cnpj: Mapped[str | None] = mapped_column(String(14), unique=True, default=None)
+    timezone: Mapped[str] = mapped_column(String(64), default="America/Sao_Paulo")
+    opens_at_minute: Mapped[int] = mapped_column(Integer, default=6 * 60)
+    closes_at_minute: Mapped[int] = mapped_column(Integer, default=22 * 60)
+    address: Mapped[str | None] = mapped_column(Text, default=None)
+    city: Mapped[str | None] = mapped_column(String(100), default=None)
+    state: Mapped[str | None] = mapped_column(String(2), default=None)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Demo data; production refuses to start while any exists."""
+
+    __table_args__ = (
+        CheckConstraint(
+            f"opens_at_minute >= 0 AND closes_at_minute <= {MINUTES_PER_DAY}"
+            " AND opens_at_minute < closes_at_minute",
+            name="hours",
+        ),
+    )
+
+
+class Patient(TenantOwned, Timestamps, Base):
+    __tablename__ = "patients"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    full_name: Mapped[str] = mapped_column(String(200))
+    cpf: Mapped[str] = mapped_column(String(11))
+    birth_date: Mapped[date | None] = mapped_column(Date, default=None)
+    phone: Mapped[str | None] = mapped_column(String(32), default=None)
+    email: Mapped[str | None] = mapped_column(String(254), default=None)
+    address: Mapped[str | None] = mapped_column(Text, default=None)
+    allergies: Mapped[str | None] = mapped_column(Text, default=None)
+    medications: Mapped[str | None] = mapped_column(Text, default=None)
+    medical_conditions: Mapped[str | None] = mapped_column(Text, default=None)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    """The patient's own login, when they have one."""
+
+    __table_args__ = (
+        UniqueConstraint("clinic_id", "cpf"),
+        Index("ix_patients_clinic_id_user_id", "clinic_id", "user_id"),
+    )
+
+
+class CareTeamMember(TenantOwned, Base):
+    """A professional responsible for a patient (grants clinical access under policy)."""
+
+    __tablename__ = "care_team"
+
+    patient_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    professional_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        _patient_fk(),
+        _member_fk("professional_id"),
+        Index("ix_care_team_clinic_id_professional_id", "clinic_id", "professional_id"),
+    )
+
+
+class Treatment(TenantOwned, Timestamps, Base):
+    """A procedure the clinic offers."""
+
+    __tablename__ = "treatments"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    duration_minutes: Mapped[int] = mapped_column(Integer, default=30)
+    requires_certification: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    __table_args__ = (
+        UniqueConstraint("clinic_id", "name"),
+        CheckConstraint("duration_minutes > 0 AND duration_minutes <= 1440", name="duration"),
+    )
+
+
+class TreatmentCertification(TenantOwned, Base):
+    """A professional certified to perform a treatment at this clinic."""
+
+    __tablename__ = "treatment_certifications"
+
+    treatment_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    professional_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    certified_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["clinic_id", "treatment_id"],
+            ["treatments.clinic_id", "treatments.id"],
+            ondelete="CASCADE",
+        ),
+        _member_fk("professional_id"),
+    )
+
+
+class Appointment(TenantOwned, Timestamps, Base):
+    __tablename__ = "appointments"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    patient_id: Mapped[uuid.UUID] = mapped_column()
+    professional_id: Mapped[uuid.UUID] = mapped_column()
+    treatment_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    starts_at: Mapped[datetime] = mapped_column()
+    ends_at: Mapped[datetime] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="scheduled")
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+
+    __table_args__ = (
+        _patient_fk(),
+        _member_fk("professional_id"),
+        ForeignKeyConstraint(
+            ["clinic_id", "treatment_id"], ["treatments.clinic_id", "treatments.id"]
+        ),
+        CheckConstraint("starts_at < ends_at", name="time_order"),
+        CheckConstraint(
+            "status IN ('scheduled','confirmed','completed','cancelled','no_show')", name="status"
+        ),
+        Index("ix_appointments_clinic_id_professional_id_starts_at", "clinic_id",
+              "professional_id", "starts_at"),
+        Index("ix_appointments_clinic_id_patient_id_starts_at", "clinic_id", "patient_id",
+              "starts_at"),
+    )
+
+
+class MedicalRecord(TenantOwned, Base):
+    """A clinical entry. Records are append-only in the domain: corrections are new entries."""
+
+    __tablename__ = "medical_records"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    patient_id: Mapped[uuid.UUID] = mapped_column()
+    author_id: Mapped[uuid.UUID] = mapped_column()
+    kind: Mapped[str] = mapped_column(String(32))
+    diagnosis: Mapped[str | None] = mapped_column(Text, default=None)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
+    treatment: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        _patient_fk(),
+        _member_fk("author_id"),
+        CheckConstraint(
+            "kind IN ('consultation','nursing_note','procedure','exam','follow_up')", name="kind"
+        ),
+        Index("ix_medical_records_clinic_id_patient_id_created_at", "clinic_id", "patient_id",
+              "created_at"),
+    )
+
+
+class Prescription(TenantOwned, Base):
+    __tablename__ = "prescriptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    patient_id: Mapped[uuid.UUID] = mapped_column()
+    prescriber_id: Mapped[uuid.UUID] = mapped_column()
+    record_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    medication: Mapped[str] = mapped_column(Text)
+    dosage: Mapped[str] = mapped_column(Text)
+    instructions: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    valid_until: Mapped[date | None] = mapped_column(Date, default=None)
+
+    __table_args__ = (
+        _patient_fk(),
+        _member_fk("prescriber_id"),
+        ForeignKeyConstraint(
+            ["clinic_id", "record_id"], ["medical_records.clinic_id", "medical_records.id"]
+        ),
+        CheckConstraint("status IN ('active','cancelled','dispensed')", name="status"),
+        Index("ix_prescriptions_clinic_id_patient_id_issued_at", "clinic_id", "patient_id",
+              "issued_at"),
+    )

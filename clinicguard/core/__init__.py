@@ -1,0 +1,1 @@
+"""Core: what every layer shares and that imports nothing else of clinicguard."""

@@ -1,0 +1,1 @@
+"""HTTP hardening: the request pipeline's middleware, security headers, problem answers."""

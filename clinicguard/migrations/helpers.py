@@ -1,0 +1,45 @@
+"""What migrations share: PostgreSQL grants to the application role.
+
+The application connects as its own role (the user of CLINICGUARD_DATABASE_URL), which owns
+no tables and is not a superuser, so row-level security applies to it; migrations run as
+the owner (CLINICGUARD_MIGRATION_DATABASE_URL) and grant the application exactly what it
+needs, table by table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from alembic import context, op
+from sqlalchemy import text
+
+READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def app_role() -> str | None:
+    """The role to grant to, or None when the application connects as the owner itself
+    (a single-role development database)."""
+    role = context.config.attributes.get("app_role")
+    return str(role) if role else None
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def grant_app_access(tables: Iterable[str], privileges: Iterable[str] = READ_WRITE) -> None:
+    """GRANT ``privileges`` on ``tables`` to the application role (PostgreSQL only)."""
+    bind = op.get_bind()
+    role = app_role()
+    if bind.dialect.name != "postgresql" or role is None:
+        return
+    exists = bind.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).scalar()
+    if not exists:
+        raise RuntimeError(
+            f"the application role {role!r} does not exist; create it first "
+            "(see docs/operations.md, PostgreSQL roles)"
+        )
+    privs = ", ".join(privileges)
+    op.execute(f"GRANT USAGE ON SCHEMA public TO {_quote(role)}")
+    for table in tables:
+        op.execute(f"GRANT {privs} ON TABLE {_quote(table)} TO {_quote(role)}")

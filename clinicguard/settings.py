@@ -1,0 +1,203 @@
+"""Settings: the only module that reads the environment (prefix ``CLINICGUARD_``).
+
+Validated when built. In production :func:`production_problems` lists every weakness at once
+(missing/short/default secrets, debug, SQLite, wildcard CORS with credentials); the start-up
+preflight adds what needs the database (demo data present) and refuses to start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import os
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Values that ship in examples and must never guard a real deployment.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "development", "dev", "test", "password", "clinicguard"}
+)
+MIN_SECRET_BYTES = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def _split_csv(value: Any) -> Any:
+    """Lists come from the environment as comma-separated text or as a JSON array."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CLINICGUARD_", extra="ignore", validate_default=True, frozen=True
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    debug: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    data_dir: Path = Path("var")
+
+    database_url: str = ""
+    """The application's connection (on PostgreSQL: a role that owns no tables)."""
+    migration_database_url: str = ""
+    """The schema owner's connection for migrations; defaults to ``database_url``."""
+    database_app_role: str = "clinicguard_app"
+    """PostgreSQL role the migrations grant data access to (must exist; owns nothing)."""
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_statement_timeout_ms: int = Field(default=5000, ge=100)
+
+    redis_url: str = ""
+    """Empty: the in-process key-value store (single process only)."""
+    kv_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+
+    secret_key: SecretStr = SecretStr("")
+    """Application secret (HMACs of cookies and CSRF tokens). Generated under data_dir outside
+    production when unset."""
+    master_key: SecretStr = SecretStr("")
+    """Key-encryption key, base64 of 32 bytes. Generated under data_dir outside production."""
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
+    """Peers whose X-Forwarded-For and X-Request-ID are believed (IPs or CIDRs)."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_in_flight_requests: int = Field(default=256, ge=1)
+
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: Any) -> Any:
+        items = _split_csv(value)
+        if isinstance(items, list):
+            return [ipaddress.ip_network(str(item), strict=False) for item in items]
+        return items
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(
+                self, "database_url", f"sqlite+aiosqlite:///{data_dir / 'clinicguard.db'}"
+            )
+        if not self.migration_database_url:
+            object.__setattr__(self, "migration_database_url", self.database_url)
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.PRODUCTION
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def master_key_bytes(self) -> bytes:
+        """The KEK as bytes; raises ValueError when it is not base64 of 32 bytes."""
+        raw = self.master_key.get_secret_value()
+        try:
+            key = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("CLINICGUARD_MASTER_KEY is not valid base64") from exc
+        if len(key) != 32:
+            raise ValueError("CLINICGUARD_MASTER_KEY must decode to exactly 32 bytes")
+        return key
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Every reason the settings are unfit for production (empty outside production)."""
+    if not settings.is_production:
+        return []
+    problems: list[str] = []
+    secret = settings.secret_key.get_secret_value()
+    if secret.lower() in KNOWN_DEFAULT_SECRETS:
+        problems.append("CLINICGUARD_SECRET_KEY is missing or a known default value")
+    elif len(secret.encode()) < MIN_SECRET_BYTES:
+        problems.append(f"CLINICGUARD_SECRET_KEY is shorter than {MIN_SECRET_BYTES} bytes")
+    if not settings.master_key.get_secret_value():
+        problems.append("CLINICGUARD_MASTER_KEY is missing (base64 of 32 random bytes)")
+    else:
+        try:
+            settings.master_key_bytes()
+        except ValueError as exc:
+            problems.append(str(exc))
+    if settings.debug:
+        problems.append("CLINICGUARD_DEBUG is on")
+    if settings.is_sqlite:
+        problems.append(
+            "CLINICGUARD_DATABASE_URL is SQLite: production needs PostgreSQL (row-level security)"
+        )
+    if not settings.redis_url:
+        problems.append(
+            "CLINICGUARD_REDIS_URL is missing: sessions and revocations must be shared"
+        )
+    if "*" in settings.cors_origins and settings.cors_allow_credentials:
+        problems.append("CORS allows any origin ('*') together with credentials")
+    if settings.database_url == settings.migration_database_url and not settings.is_sqlite:
+        problems.append(
+            "CLINICGUARD_MIGRATION_DATABASE_URL is not set apart from CLINICGUARD_DATABASE_URL: "
+            "the application must not connect as the schema owner"
+        )
+    return problems
+
+
+def with_development_secrets(settings: Settings) -> Settings:
+    """Outside production, fill missing secrets from ``data_dir/secrets.json`` (created 0600
+    on first use) so a development server keeps its keys across restarts."""
+    if settings.is_production or (
+        settings.secret_key.get_secret_value() and settings.master_key.get_secret_value()
+    ):
+        return settings
+    path = settings.data_dir / "secrets.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    changed = False
+    if "secret_key" not in stored:
+        stored["secret_key"] = secrets.token_urlsafe(48)
+        changed = True
+    if "master_key" not in stored:
+        stored["master_key"] = base64.b64encode(secrets.token_bytes(32)).decode()
+        changed = True
+    if changed:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh)
+    update: dict[str, Any] = {}
+    if not settings.secret_key.get_secret_value():
+        update["secret_key"] = SecretStr(stored["secret_key"])
+    if not settings.master_key.get_secret_value():
+        update["master_key"] = SecretStr(stored["master_key"])
+    return settings.model_copy(update=update)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (plus explicit overrides), with development secrets."""
+    return with_development_secrets(Settings(**overrides))

@@ -1,0 +1,1 @@
+"""Storage: the database engine and tenant-scoped transactions, the key-value seam."""

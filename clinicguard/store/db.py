@@ -1,0 +1,149 @@
+"""The database: engine, tenant-scoped transactions, and failure mapping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from clinicguard.store.interfaces import DatabaseUnavailable, TenantContext
+
+#: Per-transaction settings PostgreSQL row-level security policies read.
+TENANT_SETTINGS = ("app.clinic_id", "app.user_id", "app.role")
+_SET_TENANT = text(
+    "SELECT set_config('app.clinic_id', :clinic_id, true),"
+    " set_config('app.user_id', :user_id, true),"
+    " set_config('app.role', :role, true)"
+)
+
+
+def _is_connectivity_error(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_engine(
+    url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000, **kwargs: Any
+) -> AsyncEngine:
+    """An async engine with timeouts on every path (connect, statement, pool checkout)."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 5}, **kwargs)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=5,
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": 5,
+            "command_timeout": statement_timeout_ms / 1000 + 1,
+            "server_settings": {
+                "statement_timeout": str(statement_timeout_ms),
+                "idle_in_transaction_session_timeout": str(statement_timeout_ms * 4),
+                "application_name": "clinicguard",
+            },
+        },
+        **kwargs,
+    )
+
+
+class Database:
+    """The application's database handle. Services open transactions through
+    :meth:`transaction`, which scopes them to a tenant and fails closed."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Database:
+        return cls(create_engine(url, **kwargs))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def has_row_level_security(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def transaction(self, tenant: TenantContext | None = None) -> AsyncIterator[AsyncSession]:
+        """One transaction, committed when the block ends without error and rolled back
+        otherwise. With ``tenant`` the transaction is scoped to that clinic (and, on
+        PostgreSQL, so is row-level security). Raises DatabaseUnavailable when the database
+        cannot be reached or times out."""
+        try:
+            async with self._sessions() as session, session.begin():
+                session.info["tenant"] = tenant
+                if tenant is not None and self.has_row_level_security:
+                    await session.execute(
+                        _SET_TENANT,
+                        {
+                            "clinic_id": str(tenant.clinic_id or ""),
+                            "user_id": str(tenant.user_id or ""),
+                            "role": tenant.role or "",
+                        },
+                    )
+                yield session
+        except (DBAPIError, PoolTimeout, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            if _is_connectivity_error(exc):
+                raise DatabaseUnavailable() from exc
+            raise
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """Return when the database answers a trivial query; raise DatabaseUnavailable."""
+        async def _probe() -> None:
+            async with self.transaction() as session:
+                await session.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(_probe(), timeout)
+        except TimeoutError as exc:
+            raise DatabaseUnavailable() from exc
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+_ROLE_FACTS = text(
+    "SELECT r.rolsuper, r.rolbypassrls,"
+    " (SELECT count(*) FROM pg_tables t"
+    "   WHERE t.tableowner = current_user AND t.schemaname = current_schema()) AS owned"
+    " FROM pg_roles r WHERE r.rolname = current_user"
+)
+
+
+async def connection_role_problems(db: Database) -> list[str]:
+    """Why the application's PostgreSQL role would bypass row-level security (superuser,
+    BYPASSRLS, or owner of tables); empty on SQLite, which has no RLS at all."""
+    if db.dialect != "postgresql":
+        return []
+    async with db.transaction() as session:
+        row = (await session.execute(_ROLE_FACTS)).one()
+    problems = []
+    if row.rolsuper:
+        problems.append("the application connects to PostgreSQL as a superuser")
+    if row.rolbypassrls:
+        problems.append("the application's PostgreSQL role has BYPASSRLS")
+    if row.owned:
+        problems.append(f"the application's PostgreSQL role owns {row.owned} table(s)")
+    return problems

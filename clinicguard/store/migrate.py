@@ -1,0 +1,30 @@
+"""Running migrations programmatically (CLI, tests, ``make run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(migration_url: str, app_url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", migration_url.replace("%", "%%"))
+    owner = make_url(migration_url).username
+    app_user = make_url(app_url).username if app_url else None
+    # Grants go to the application's role when it is not the owner itself.
+    cfg.attributes["app_role"] = app_user if app_user and app_user != owner else None
+    return cfg
+
+
+def upgrade_to_head(migration_url: str, app_url: str | None = None) -> None:
+    """Bring the schema to the newest revision (creating the SQLite file's folder)."""
+    url = make_url(migration_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(migration_url, app_url), "head")

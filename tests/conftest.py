@@ -1,0 +1,162 @@
+"""Shared fixtures: backends (SQLite + memory, PostgreSQL + Redis), settings, app, client."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from clinicguard.app import create_app
+from clinicguard.settings import Settings
+from clinicguard.store.interfaces import KeyValueStore
+from clinicguard.store.kv import MemoryKeyValueStore, RedisKeyValueStore
+from clinicguard.store.migrate import upgrade_to_head
+from tests.services import (
+    REDIS_URL,
+    PostgresDatabase,
+    create_postgres_database,
+    drop_postgres_database,
+    flush_redis,
+    redis_or_skip,
+    truncate_all,
+)
+
+SERVICES = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where one test's app keeps its data."""
+
+    name: str
+    database_url: str
+    migration_url: str
+    redis_url: str
+    postgres: PostgresDatabase | None = None
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (faster than migrating every time)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "clinicguard.db"
+    upgrade_to_head(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[PostgresDatabase]:
+    """This test session's PostgreSQL database, migrated as the owner role."""
+    db = create_postgres_database()
+    try:
+        upgrade_to_head(db.owner_url, db.app_url)
+        yield db
+    finally:
+        drop_postgres_database(db)
+
+
+def sqlite_backend(template: Path, tmp_path: Path) -> Backend:
+    path = tmp_path / "clinicguard.db"
+    shutil.copyfile(template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    return Backend("sqlite-memory", url, url, "")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite-memory", id="sqlite-memory"),
+        pytest.param("postgresql-redis", id="postgresql-redis", marks=SERVICES),
+    ]
+)
+def backend(request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path) -> Iterator[Backend]:
+    """Every API test runs on both: SQLite with the in-process store, and PostgreSQL (as a
+    role that owns no tables) with Redis."""
+    if request.param == "sqlite-memory":
+        yield sqlite_backend(sqlite_template, tmp_path)
+        return
+    pg: PostgresDatabase = request.getfixturevalue("postgres_db")
+    redis_or_skip()
+    flush_redis()
+    try:
+        yield Backend("postgresql-redis", pg.app_url, pg.owner_url, REDIS_URL, pg)
+    finally:
+        truncate_all(pg)
+        flush_redis()
+
+
+def fresh_secrets() -> dict[str, Any]:
+    return {
+        "secret_key": secrets.token_urlsafe(48),
+        "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+
+
+@pytest.fixture
+def make_settings(backend: Backend, tmp_path: Path) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "env": "test",
+            "data_dir": tmp_path,
+            "database_url": backend.database_url,
+            "migration_database_url": backend.migration_url,
+            "redis_url": backend.redis_url,
+            **fresh_secrets(),
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The application with its lifespan running (start-up checks, clean shutdown)."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+def client_for(app: FastAPI, client_ip: str = "203.0.113.10") -> httpx.AsyncClient:
+    """An HTTP client that talks to ``app`` in-process, as a peer at ``client_ip``."""
+    transport = httpx.ASGITransport(app=app, client=(client_ip, 51000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(app) as http:
+        yield http
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    ]
+)
+async def kv_store(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
+    """Each key-value implementation, for the one contract suite."""
+    if request.param == "memory":
+        store: KeyValueStore = MemoryKeyValueStore()
+    else:
+        redis_or_skip()
+        flush_redis()
+        store = RedisKeyValueStore(REDIS_URL)
+    try:
+        yield store
+    finally:
+        await store.close()
+        if request.param == "redis":
+            flush_redis()
