@@ -6,8 +6,8 @@ factory in each worker process.
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,7 +69,9 @@ def create_app(
             await db.dispose()
 
     docs_html, docs_hashes = _docs_page()
-    profiles = ProfileTable([] if settings.is_production else [(DOCS_URL, docs_profile(docs_hashes))])
+    profiles = ProfileTable(
+        [] if settings.is_production else [(DOCS_URL, docs_profile(docs_hashes))]
+    )
     app = FastAPI(
         title="clinicguard",
         version=__version__,

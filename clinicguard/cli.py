@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import ssl
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,10 +22,12 @@ from clinicguard.settings import Settings, load_settings
 from clinicguard.store.db import Database
 from clinicguard.store.migrate import upgrade_to_head
 
-app = typer.Typer(help="clinicguard: security- and privacy-first backend for clinics.",
-                  no_args_is_help=True, add_completion=False)
-demo_app = typer.Typer(help="The demo data set (development and test only).",
-                       no_args_is_help=True)
+app = typer.Typer(
+    help="clinicguard: security- and privacy-first backend for clinics.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+demo_app = typer.Typer(help="The demo data set (development and test only).", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 out = Console(stderr=True)
 
@@ -59,10 +60,14 @@ async def _check_startup(settings: Settings) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default CLINICGUARD_HOST).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default CLINICGUARD_HOST).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default CLINICGUARD_PORT).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
-    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain (TLS 1.3 only).")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain (TLS 1.3 only).")
+    ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key.")] = None,
 ) -> None:
     """Serve the API (after the start-up checks pass)."""
@@ -103,7 +108,9 @@ def serve(
     server = uvicorn.Server(config)
     if workers > 1:
         sock = config.bind_socket()
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        Multiprocess(
+            config, sockets=[sock]
+        ).run()  # uvicorn >= 0.54: workers build their own Server
     else:
         server.run()
 
@@ -139,7 +146,9 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
 @demo_app.command("seed")
 def demo_seed(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the credentials JSON.")],
-    if_empty: Annotated[bool, typer.Option(help="Do nothing when the database holds data.")] = False,
+    if_empty: Annotated[
+        bool, typer.Option(help="Do nothing when the database holds data.")
+    ] = False,
 ) -> None:
     """Create the demo clinics and write their credentials (mode 0600). Refused in production."""
     settings = _settings()
@@ -152,8 +161,11 @@ def demo_seed(
         out.print(f"[red]refused: {exc}[/red]")
         raise typer.Exit(2) from exc
     if creds is None:
-        out.print(f"demo data already present; its credentials are in {out_file}"
-                  if out_file.exists() else "the database already holds data; nothing seeded")
+        out.print(
+            f"demo data already present; its credentials are in {out_file}"
+            if out_file.exists()
+            else "the database already holds data; nothing seeded"
+        )
         return
     _write_private(out_file, creds)
     clinics = ", ".join(c["name"] for c in creds["clinics"])
@@ -165,4 +177,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -154,9 +154,7 @@ def production_problems(settings: Settings) -> list[str]:
             "CLINICGUARD_DATABASE_URL is SQLite: production needs PostgreSQL (row-level security)"
         )
     if not settings.redis_url:
-        problems.append(
-            "CLINICGUARD_REDIS_URL is missing: sessions and revocations must be shared"
-        )
+        problems.append("CLINICGUARD_REDIS_URL is missing: sessions and revocations must be shared")
     if "*" in settings.cors_origins and settings.cors_allow_credentials:
         problems.append("CORS allows any origin ('*') together with credentials")
     if settings.database_url == settings.migration_database_url and not settings.is_sqlite:

@@ -75,19 +75,28 @@ def sqlite_backend(template: Path, tmp_path: Path) -> Backend:
         pytest.param("postgresql-redis", id="postgresql-redis", marks=SERVICES),
     ]
 )
-def backend(request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path
+) -> Iterator[Backend]:
     """Every API test runs on both: SQLite with the in-process store, and PostgreSQL (as a
     role that owns no tables) with Redis."""
     if request.param == "sqlite-memory":
         yield sqlite_backend(sqlite_template, tmp_path)
         return
-    pg: PostgresDatabase = request.getfixturevalue("postgres_db")
+    yield request.getfixturevalue("postgres_backend")
+
+
+@pytest.fixture
+def postgres_backend(postgres_db: PostgresDatabase) -> Iterator[Backend]:
+    """PostgreSQL and Redis only, for properties SQLite does not have (roles, RLS)."""
     redis_or_skip()
     flush_redis()
     try:
-        yield Backend("postgresql-redis", pg.app_url, pg.owner_url, REDIS_URL, pg)
+        yield Backend(
+            "postgresql-redis", postgres_db.app_url, postgres_db.owner_url, REDIS_URL, postgres_db
+        )
     finally:
-        truncate_all(pg)
+        truncate_all(postgres_db)
         flush_redis()
 
 

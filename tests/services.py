@@ -42,8 +42,9 @@ class PostgresDatabase:
 
     def url(self, role: str, driver: str = "postgresql+asyncpg") -> str:
         base = make_url(PG_ADMIN_URL)
-        return base.set(drivername=driver, username=role, password=None,
-                        database=self.name).render_as_string(hide_password=False)
+        return base.set(
+            drivername=driver, username=role, password=None, database=self.name
+        ).render_as_string(hide_password=False)
 
     @property
     def app_url(self) -> str:
@@ -75,8 +76,10 @@ def create_postgres_database() -> PostgresDatabase:
         raise  # unreachable: unavailable() skips or fails
     name = f"cg_test_{os.getpid()}_{secrets.token_hex(4)}"
     with admin:
-        for role, options in ((OWNER_ROLE, "NOSUPERUSER NOCREATEROLE"),
-                              (APP_ROLE, "NOSUPERUSER NOCREATEROLE NOBYPASSRLS")):
+        for role, options in (
+            (OWNER_ROLE, "NOSUPERUSER NOCREATEROLE"),
+            (APP_ROLE, "NOSUPERUSER NOCREATEROLE NOBYPASSRLS"),
+        ):
             exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             if not exists:
                 admin.execute(f"CREATE ROLE {role} LOGIN {options}")
@@ -98,9 +101,13 @@ def truncate_all(db: PostgresDatabase) -> None:
     import psycopg
 
     with psycopg.connect(db.psycopg_url(OWNER_ROLE), autocommit=True) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            " AND tablename <> 'alembic_version'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'alembic_version'"
+            )
+        ]
         if tables:
             conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
 

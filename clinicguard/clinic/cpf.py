@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 import re
 
-_NON_DIGITS = re.compile(r"\D")
-_FORMATTED = re.compile(r"^\d{3}\.?\d{3}\.?\d{3}-?\d{2}$")
+_NON_DIGITS = re.compile(r"[^0-9]")
+# ASCII digits only: \d would also accept other scripts' digits (full-width, Devanagari).
+_FORMATTED = re.compile(r"^[0-9]{3}\.?[0-9]{3}\.?[0-9]{3}-?[0-9]{2}$")
 
 
 def _check_digit(digits: list[int]) -> int:

@@ -120,8 +120,14 @@ CLINICS: tuple[_ClinicSpec, ...] = (
 _ALLERGIES = ("Dipirona", "Penicilina", "Nenhuma conhecida", "Látex", "Frutos do mar")
 _MEDICATIONS = ("Losartana 50 mg", "Metformina 850 mg", "Levotiroxina 75 mcg", "Nenhum")
 _CONDITIONS = ("Hipertensão arterial", "Diabetes tipo 2", "Hipotireoidismo", "Asma leve")
-_DIAGNOSES = ("Dermatite seborreica (L21.9)", "Melasma (L81.1)", "Acne vulgar (L70.0)",
-              "Rosácea (L71.9)", "Queratose actínica (L57.0)", "Hiperidrose (R61)")
+_DIAGNOSES = (
+    "Dermatite seborreica (L21.9)",
+    "Melasma (L81.1)",
+    "Acne vulgar (L70.0)",
+    "Rosácea (L71.9)",
+    "Queratose actínica (L57.0)",
+    "Hiperidrose (R61)",
+)
 
 
 def generate_password(length: int = 20) -> str:
@@ -171,8 +177,12 @@ class _Seeder:
         )
         self.session.add(user)
         await self.session.flush()
-        creds = {"id": str(user.id), "email": email, "password": password,
-                 "totp_secret": totp_secret}
+        creds = {
+            "id": str(user.id),
+            "email": email,
+            "password": password,
+            "totp_secret": totp_secret,
+        }
         return user, creds
 
     def phone(self, area_code: str) -> str:
@@ -180,9 +190,16 @@ class _Seeder:
 
     async def clinic(self, spec: _ClinicSpec) -> dict[str, Any]:
         clinic = Clinic(
-            id=new_id(), name=spec.name, cnpj=spec.cnpj, timezone="America/Sao_Paulo",
-            opens_at_minute=0, closes_at_minute=24 * 60, address=spec.address,
-            city=spec.city, state=spec.state, is_demo=True,
+            id=new_id(),
+            name=spec.name,
+            cnpj=spec.cnpj,
+            timezone="America/Sao_Paulo",
+            opens_at_minute=0,
+            closes_at_minute=24 * 60,
+            address=spec.address,
+            city=spec.city,
+            state=spec.state,
+            is_demo=True,
         )
         self.session.add(clinic)
         await self.session.flush()
@@ -202,22 +219,32 @@ class _Seeder:
                 physician_on_care = user
             if role is Role.NURSE:
                 nurse = user
-        assert physician_on_care is not None and nurse is not None
+        if physician_on_care is None or nurse is None:
+            raise DemoRefused(f"{spec.name}: the demo needs a care-team physician and a nurse")
         await self.session.flush()
 
         treatments = []
         for t_name, minutes, needs_cert in spec.treatments:
-            treatment = Treatment(id=new_id(), clinic_id=clinic.id, name=t_name,
-                                  duration_minutes=minutes, requires_certification=needs_cert)
+            treatment = Treatment(
+                id=new_id(),
+                clinic_id=clinic.id,
+                name=t_name,
+                duration_minutes=minutes,
+                requires_certification=needs_cert,
+            )
             treatments.append(treatment)
             self.session.add(treatment)
         await self.session.flush()
         for treatment in treatments:
             if treatment.requires_certification:
-                self.session.add(TreatmentCertification(
-                    clinic_id=clinic.id, treatment_id=treatment.id,
-                    professional_id=physician_on_care.id, certified_at=self.now,
-                ))
+                self.session.add(
+                    TreatmentCertification(
+                        clinic_id=clinic.id,
+                        treatment_id=treatment.id,
+                        professional_id=physician_on_care.id,
+                        certified_at=self.now,
+                    )
+                )
 
         patients_out: list[dict[str, Any]] = []
         for index, full_name in enumerate(spec.patients):
@@ -228,19 +255,28 @@ class _Seeder:
                     f"{_email_local(full_name)}@pacientes.{spec.domain}", full_name, Role.PATIENT
                 )
                 patient_user_email = creds["email"]
-                self.session.add(ClinicMembership(
-                    clinic_id=clinic.id, user_id=patient_user.id, role=Role.PATIENT))
+                self.session.add(
+                    ClinicMembership(
+                        clinic_id=clinic.id, user_id=patient_user.id, role=Role.PATIENT
+                    )
+                )
                 users_out.append({**creds, "role": str(Role.PATIENT), "care_team": False})
                 await self.session.flush()
             cpf = generate_cpf(self.rng)
             patient = Patient(
-                id=new_id(), clinic_id=clinic.id, full_name=full_name, cpf=cpf,
-                birth_date=date(self.rng.randrange(1950, 2004), self.rng.randrange(1, 13),
-                                self.rng.randrange(1, 29)),
+                id=new_id(),
+                clinic_id=clinic.id,
+                full_name=full_name,
+                cpf=cpf,
+                birth_date=date(
+                    self.rng.randrange(1950, 2004),
+                    self.rng.randrange(1, 13),
+                    self.rng.randrange(1, 29),
+                ),
                 phone=self.phone(spec.area_code),
                 email=f"{_email_local(full_name)}{self.rng.randrange(10, 99)}@email.example.com",
                 address=f"{self.rng.choice(spec.streets)}, {self.rng.randrange(10, 2000)},"
-                        f" {spec.city} - {spec.state}",
+                f" {spec.city} - {spec.state}",
                 allergies=self.rng.choice(_ALLERGIES),
                 medications=self.rng.choice(_MEDICATIONS),
                 medical_conditions=self.rng.choice(_CONDITIONS),
@@ -249,51 +285,95 @@ class _Seeder:
             self.session.add(patient)
             await self.session.flush()
             for member in care_team:
-                self.session.add(CareTeamMember(
-                    clinic_id=clinic.id, patient_id=patient.id, professional_id=member.id))
+                self.session.add(
+                    CareTeamMember(
+                        clinic_id=clinic.id, patient_id=patient.id, professional_id=member.id
+                    )
+                )
             await self.clinical_history(clinic.id, patient, physician_on_care, nurse, treatments)
-            patients_out.append({"id": str(patient.id), "full_name": full_name, "cpf": cpf,
-                                 "user_email": patient_user_email})
-        return {"id": str(clinic.id), "name": spec.name, "users": users_out,
-                "patients": patients_out}
+            patients_out.append(
+                {
+                    "id": str(patient.id),
+                    "full_name": full_name,
+                    "cpf": cpf,
+                    "user_email": patient_user_email,
+                }
+            )
+        return {
+            "id": str(clinic.id),
+            "name": spec.name,
+            "users": users_out,
+            "patients": patients_out,
+        }
 
     async def clinical_history(
-        self, clinic_id: uuid.UUID, patient: Patient, physician: User, nurse: User,
+        self,
+        clinic_id: uuid.UUID,
+        patient: Patient,
+        physician: User,
+        nurse: User,
         treatments: list[Treatment],
     ) -> None:
         diagnosis = self.rng.choice(_DIAGNOSES)
         past = (self.now - timedelta(days=self.rng.randrange(10, 60))).replace(
-            minute=0, second=0, microsecond=0)
+            minute=0, second=0, microsecond=0
+        )
         future = (self.now + timedelta(days=self.rng.randrange(2, 30))).replace(
-            minute=0, second=0, microsecond=0)
+            minute=0, second=0, microsecond=0
+        )
         treatment = treatments[0]
         for starts, status in ((past, "completed"), (future, "scheduled")):
-            self.session.add(Appointment(
-                id=new_id(), clinic_id=clinic_id, patient_id=patient.id,
-                professional_id=physician.id, treatment_id=treatment.id, starts_at=starts,
-                ends_at=starts + timedelta(minutes=treatment.duration_minutes), status=status,
-                reason="Retorno" if status == "scheduled" else "Primeira consulta",
-            ))
+            self.session.add(
+                Appointment(
+                    id=new_id(),
+                    clinic_id=clinic_id,
+                    patient_id=patient.id,
+                    professional_id=physician.id,
+                    treatment_id=treatment.id,
+                    starts_at=starts,
+                    ends_at=starts + timedelta(minutes=treatment.duration_minutes),
+                    status=status,
+                    reason="Retorno" if status == "scheduled" else "Primeira consulta",
+                )
+            )
         record = MedicalRecord(
-            id=new_id(), clinic_id=clinic_id, patient_id=patient.id, author_id=physician.id,
-            kind="consultation", diagnosis=diagnosis,
+            id=new_id(),
+            clinic_id=clinic_id,
+            patient_id=patient.id,
+            author_id=physician.id,
+            kind="consultation",
+            diagnosis=diagnosis,
             notes=f"Paciente relata queixas compatíveis com {diagnosis.split(' (')[0].lower()}.",
-            treatment="Tratamento tópico e retorno em 30 dias.", created_at=past,
+            treatment="Tratamento tópico e retorno em 30 dias.",
+            created_at=past,
         )
         self.session.add(record)
-        self.session.add(MedicalRecord(
-            id=new_id(), clinic_id=clinic_id, patient_id=patient.id, author_id=nurse.id,
-            kind="nursing_note", notes="Sinais vitais aferidos; PA 120/80 mmHg.",
-            created_at=past + timedelta(minutes=10),
-        ))
+        self.session.add(
+            MedicalRecord(
+                id=new_id(),
+                clinic_id=clinic_id,
+                patient_id=patient.id,
+                author_id=nurse.id,
+                kind="nursing_note",
+                notes="Sinais vitais aferidos; PA 120/80 mmHg.",
+                created_at=past + timedelta(minutes=10),
+            )
+        )
         await self.session.flush()
-        self.session.add(Prescription(
-            id=new_id(), clinic_id=clinic_id, patient_id=patient.id,
-            prescriber_id=physician.id, record_id=record.id,
-            medication="Cetoconazol 2% creme", dosage="Aplicar 2x ao dia",
-            instructions="Por 14 dias", issued_at=past,
-            valid_until=(past + timedelta(days=30)).date(),
-        ))
+        self.session.add(
+            Prescription(
+                id=new_id(),
+                clinic_id=clinic_id,
+                patient_id=patient.id,
+                prescriber_id=physician.id,
+                record_id=record.id,
+                medication="Cetoconazol 2% creme",
+                dosage="Aplicar 2x ao dia",
+                instructions="Por 14 dias",
+                issued_at=past,
+                valid_until=(past + timedelta(days=30)).date(),
+            )
+        )
 
 
 async def database_is_empty(db: Database) -> bool:
@@ -306,7 +386,8 @@ async def database_is_empty(db: Database) -> bool:
 async def has_demo_data(db: Database) -> bool:
     async with db.transaction() as session:
         count = await session.scalar(
-            select(func.count()).select_from(Clinic).where(Clinic.is_demo.is_(True)))
+            select(func.count()).select_from(Clinic).where(Clinic.is_demo.is_(True))
+        )
         return bool(count)
 
 
@@ -324,8 +405,9 @@ async def seed_demo(
     now = now or datetime.now(UTC)
     async with db.transaction() as session:
         seeder = _Seeder(session, hasher, now)
-        admin, admin_creds = await seeder.user(
-            "plataforma.admin@clinicguard.example.com", "Administração da Plataforma",
+        _admin, admin_creds = await seeder.user(
+            "plataforma.admin@clinicguard.example.com",
+            "Administração da Plataforma",
             Role.PLATFORM_ADMIN,
         )
         clinics = [await seeder.clinic(spec) for spec in CLINICS]

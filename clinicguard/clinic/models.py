@@ -176,10 +176,15 @@ class Appointment(TenantOwned, Timestamps, Base):
         CheckConstraint(
             "status IN ('scheduled','confirmed','completed','cancelled','no_show')", name="status"
         ),
-        Index("ix_appointments_clinic_id_professional_id_starts_at", "clinic_id",
-              "professional_id", "starts_at"),
-        Index("ix_appointments_clinic_id_patient_id_starts_at", "clinic_id", "patient_id",
-              "starts_at"),
+        Index(
+            "ix_appointments_clinic_id_professional_id_starts_at",
+            "clinic_id",
+            "professional_id",
+            "starts_at",
+        ),
+        Index(
+            "ix_appointments_clinic_id_patient_id_starts_at", "clinic_id", "patient_id", "starts_at"
+        ),
     )
 
 
@@ -203,8 +208,12 @@ class MedicalRecord(TenantOwned, Base):
         CheckConstraint(
             "kind IN ('consultation','nursing_note','procedure','exam','follow_up')", name="kind"
         ),
-        Index("ix_medical_records_clinic_id_patient_id_created_at", "clinic_id", "patient_id",
-              "created_at"),
+        Index(
+            "ix_medical_records_clinic_id_patient_id_created_at",
+            "clinic_id",
+            "patient_id",
+            "created_at",
+        ),
     )
 
 
@@ -229,6 +238,10 @@ class Prescription(TenantOwned, Base):
             ["clinic_id", "record_id"], ["medical_records.clinic_id", "medical_records.id"]
         ),
         CheckConstraint("status IN ('active','cancelled','dispensed')", name="status"),
-        Index("ix_prescriptions_clinic_id_patient_id_issued_at", "clinic_id", "patient_id",
-              "issued_at"),
+        Index(
+            "ix_prescriptions_clinic_id_patient_id_issued_at",
+            "clinic_id",
+            "patient_id",
+            "issued_at",
+        ),
     )

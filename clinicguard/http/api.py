@@ -29,7 +29,7 @@ async def readyz(db: DatabaseDep, kv: KeyValueDep, response: Response) -> Readin
     """Readiness: the database and the key-value store answer within the probe timeout."""
     # Both probes run to completion (each bounded), so none is left behind on failure.
     results = await asyncio.gather(
-        db.ping(PROBE_TIMEOUT_SECONDS),
+        asyncio.wait_for(db.ping(), PROBE_TIMEOUT_SECONDS),
         asyncio.wait_for(kv.ping(), PROBE_TIMEOUT_SECONDS),
         return_exceptions=True,
     )

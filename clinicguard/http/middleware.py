@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clinicguard.core.context import RequestContext, bind_request, unbind_request
@@ -42,11 +44,7 @@ async def send_problem(send: Send, exc: ProblemError) -> None:
 
 
 class RequestContextMiddleware:
-    """Step 1: request id, client IP (trusted proxies only), start time; adds X-Request-ID.
-
-    It is also the error boundary: an exception nothing else handled becomes a 500 problem
-    with the request id and no internals, and is logged once with its traceback.
-    """
+    """Step 1: request id, client IP (trusted proxies only), start time; adds X-Request-ID."""
 
     def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork]) -> None:
         self.app = app
@@ -57,11 +55,13 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        peer = scope["client"][0] if scope.get("client") else "0.0.0.0"
+        peer = scope["client"][0] if scope.get("client") else "unknown"
         incoming_id = headers.get("x-request-id", "")
         request_id = (
             incoming_id
-            if incoming_id and is_trusted(peer, self.trusted) and is_acceptable_request_id(incoming_id)
+            if incoming_id
+            and is_trusted(peer, self.trusted)
+            and is_acceptable_request_id(incoming_id)
             else new_request_id()
         )
         ctx = RequestContext(
@@ -72,12 +72,9 @@ class RequestContextMiddleware:
         )
         scope.setdefault("state", {})["request_context"] = ctx
         token = bind_request(ctx)
-        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
                 raw.append((b"x-request-id", request_id.encode()))
                 message["headers"] = raw
@@ -85,12 +82,35 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled_error", request_id=request_id, path=scope.get("path"))
-            if scope["type"] == "http" and not started:
-                await send_problem(send_with_id, ProblemError())
         finally:
             unbind_request(token)
+
+
+class ErrorBoundaryMiddleware:
+    """An exception nothing else handled becomes a 500 problem with the request id and no
+    internals (inside the security headers step, so it gets them too), logged once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled_error", path=scope.get("path"))
+            if not started:
+                await send_problem(send, ProblemError())
 
 
 class SecurityHeadersMiddleware:
@@ -195,9 +215,7 @@ class AdmissionControlMiddleware:
     503 with Retry-After instead of queueing without end; ``exempt`` paths (health probes)
     are always admitted."""
 
-    def __init__(
-        self, app: ASGIApp, *, max_in_flight: int, exempt: Callable[[str], bool]
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, exempt: Callable[[str], bool]) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.exempt = exempt
@@ -217,3 +235,20 @@ class AdmissionControlMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling (allowlist only), with refused preflights answered as
+    problem+json like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = BadRequest("This cross-origin request is not allowed.")
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-length", "content-type")
+        }
+        return Response(problem_bytes(refused), 400, headers, PROBLEM_MEDIA_TYPE)

@@ -5,8 +5,9 @@ the ``CurrentPrincipal`` dependency of each protected route, because only routes
 whether they need a principal; steps 6-9 (authorize, tenant-scoped data access, decrypt and
 mask, audit in the same transaction) happen inside the services a route calls.
 
-    1.  request context  — request id, client IP via trusted proxies, error boundary
+    1.  request context  — request id, client IP via trusted proxies
     10. security headers — the path's header profile on every answer, errors included
+        error boundary   — anything unhandled becomes a 500 problem without internals
         CORS             — allowlisted origins only (so error answers are readable by them)
         input gates      — body size (413), JSON-only API bodies (415)
     2.  blocklist        — IP / account blocks          (added by the detection feature)
@@ -25,13 +26,14 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 
 from clinicguard.http.headers import ProfileTable
 from clinicguard.http.middleware import (
     AdmissionControlMiddleware,
     BodyLimitMiddleware,
+    ErrorBoundaryMiddleware,
     JsonBodyMiddleware,
+    ProblemCORSMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -63,8 +65,9 @@ def pipeline_middleware(
     return [
         Middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies),
         Middleware(SecurityHeadersMiddleware, profiles=profiles),
+        Middleware(ErrorBoundaryMiddleware),
         Middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=origins,
             allow_credentials=settings.cors_allow_credentials,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

@@ -89,17 +89,20 @@ def validation_problem(errors: Sequence[dict[str, Any]]) -> ProblemError:
 
 
 async def _on_problem(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProblemError)
+    if not isinstance(exc, ProblemError):  # registered for ProblemError only
+        raise exc
     return problem_response(exc)
 
 
 async def _on_validation(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):
+        raise exc
     return problem_response(validation_problem(exc.errors()))
 
 
 async def _on_http_exception(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
     cls = _STATUS_ERRORS.get(exc.status_code)
     problem: ProblemError
     if cls is None:

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from clinicguard.store.schema import metadata
+from clinicguard.migrations.schema import metadata
 
 config = context.config
 target_metadata = metadata

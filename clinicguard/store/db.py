@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,7 +9,12 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from clinicguard.store.interfaces import DatabaseUnavailable, TenantContext
 
@@ -104,21 +108,16 @@ class Database:
                         },
                     )
                 yield session
-        except (DBAPIError, PoolTimeout, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (DBAPIError, PoolTimeout, OSError, TimeoutError) as exc:
             if _is_connectivity_error(exc):
                 raise DatabaseUnavailable() from exc
             raise
 
-    async def ping(self, timeout: float = 2.0) -> None:
-        """Return when the database answers a trivial query; raise DatabaseUnavailable."""
-        async def _probe() -> None:
-            async with self.transaction() as session:
-                await session.execute(text("SELECT 1"))
-
-        try:
-            await asyncio.wait_for(_probe(), timeout)
-        except TimeoutError as exc:
-            raise DatabaseUnavailable() from exc
+    async def ping(self) -> None:
+        """Return when the database answers a trivial query; raise DatabaseUnavailable.
+        Callers bound the wait (``asyncio.wait_for``)."""
+        async with self.transaction() as session:
+            await session.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
@@ -84,7 +85,7 @@ class KeyValueStore(Protocol):
         """Remove members from a set; returns how many were present."""
         ...
 
-    async def set_members(self, key: str) -> set[bytes]:
+    async def set_members(self, key: str) -> builtins.set[bytes]:
         """All members of a set (empty when absent)."""
         ...
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import builtins
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -125,7 +125,7 @@ class MemoryKeyValueStore:
             del self._data[key]
         return before - len(current)
 
-    async def set_members(self, key: str) -> set[bytes]:
+    async def set_members(self, key: str) -> builtins.set[bytes]:
         return set(self._set(key) or ())
 
     async def ping(self) -> None:
@@ -133,6 +133,12 @@ class MemoryKeyValueStore:
 
     async def close(self) -> None:
         self._data.clear()
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    """The client is built with decode_responses=False, so values are bytes; its type
+    hints also allow str."""
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def _ms(ttl: float) -> int:
@@ -144,14 +150,18 @@ class RedisKeyValueStore:
     failure becomes :class:`KeyValueUnavailable`."""
 
     def __init__(self, url: str, *, timeout: float = 1.0, max_connections: int = 64) -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+        # A blocking pool: under a burst, callers wait (at most ``timeout``) for a free
+        # connection instead of failing at once or opening connections without bound.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            max_connections=max_connections,
             health_check_interval=30,
             decode_responses=False,
         )
+        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[aioredis.Redis]:
@@ -161,13 +171,13 @@ class RedisKeyValueStore:
             if "WRONGTYPE" in str(exc) or "not an integer" in str(exc):
                 raise KeyValueTypeError(str(exc)) from exc
             raise KeyValueUnavailable() from exc
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise KeyValueUnavailable() from exc
 
     async def get(self, key: str) -> bytes | None:
         async with self._guard() as r:
-            value: bytes | None = await r.get(key)
-            return value
+            value = await r.get(key)
+            return None if value is None else _as_bytes(value)
 
     async def set(
         self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
@@ -180,8 +190,8 @@ class RedisKeyValueStore:
 
     async def take(self, key: str) -> bytes | None:
         async with self._guard() as r:
-            value: bytes | None = await r.getdel(key)
-            return value
+            value = await r.getdel(key)
+            return None if value is None else _as_bytes(value)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
@@ -221,17 +231,17 @@ class RedisKeyValueStore:
         async with self._guard() as r:
             return int(await r.srem(key, *members))
 
-    async def set_members(self, key: str) -> set[bytes]:
+    async def set_members(self, key: str) -> builtins.set[bytes]:
         async with self._guard() as r:
-            members: set[bytes] = await r.smembers(key)
-            return set(members)
+            members = await r.smembers(key)
+            return {_as_bytes(m) for m in members}
 
     async def ping(self) -> None:
         async with self._guard() as r:
             await r.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
 
 def create_kv_store(redis_url: str, *, timeout: float = 1.0) -> KeyValueStore:
