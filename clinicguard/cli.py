@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from uvicorn.supervisors import Multiprocess
 
 from clinicguard.auth.passwords import Argon2PasswordHasher
@@ -36,7 +37,7 @@ def _settings() -> Settings:
     try:
         return load_settings()
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        out.print(f"[red]invalid configuration:[/red]\n{exc}")
+        out.print(f"[red]invalid configuration:[/red]\n{escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
@@ -80,7 +81,7 @@ def serve(
     try:
         asyncio.run(_check_startup(settings))
     except ConfigurationError as exc:
-        out.print(f"[red]{exc}[/red]")
+        out.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     bind_host = host or settings.host
     bind_port = port if port is not None else settings.port
@@ -158,7 +159,7 @@ def demo_seed(
     try:
         creds = asyncio.run(_seed(settings, out_file, if_empty))
     except DemoRefused as exc:
-        out.print(f"[red]refused: {exc}[/red]")
+        out.print(f"[red]refused: {escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     if creds is None:
         out.print(
