@@ -17,7 +17,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from clinicguard import __version__
-from clinicguard.core.clock import Clock, SystemClock
+from clinicguard.auth import api as auth_api
+from clinicguard.core.clock import Clock
 from clinicguard.core.logging import configure_logging
 from clinicguard.http import api as health_api
 from clinicguard.http.headers import ProfileTable, docs_profile
@@ -27,7 +28,7 @@ from clinicguard.preflight import preflight
 from clinicguard.settings import Settings, load_settings
 from clinicguard.store.db import Database
 from clinicguard.store.interfaces import KeyValueStore
-from clinicguard.store.kv import create_kv_store
+from clinicguard.wiring import build_services
 
 OPENAPI_URL = "/api/openapi.json"
 DOCS_URL = "/api/docs"
@@ -51,22 +52,15 @@ def create_app(
 ) -> FastAPI:
     """Build the service. ``database``, ``kv`` and ``clock`` may be passed in (tests, bench);
     otherwise they are created from ``settings``."""
-    db = database or Database.from_url(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
-        hide_parameters=True,
-    )
-    store = kv or create_kv_store(settings.redis_url, timeout=settings.kv_timeout_seconds)
+    services = build_services(settings, database=database, kv=kv, clock=clock)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await preflight(settings, db)
+        await preflight(settings, services.db)
         try:
             yield
         finally:
-            await store.close()
-            await db.dispose()
+            await services.close()
 
     docs_html, docs_hashes = _docs_page()
     profiles = ProfileTable(
@@ -83,11 +77,14 @@ def create_app(
         debug=False,
     )
     app.state.settings = settings
-    app.state.database = db
-    app.state.kv = store
-    app.state.clock = clock or SystemClock()
+    app.state.services = services
+    app.state.database = services.db
+    app.state.kv = services.kv
+    app.state.clock = services.clock
     install_exception_handlers(app)
     app.include_router(health_api.router)
+    app.include_router(auth_api.router)
+    app.include_router(auth_api.wellknown)
 
     if not settings.is_production:
 

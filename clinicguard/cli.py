@@ -6,8 +6,9 @@ import asyncio
 import json
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -15,13 +16,15 @@ from rich.console import Console
 from rich.markup import escape
 from uvicorn.supervisors import Multiprocess
 
-from clinicguard.auth.passwords import Argon2PasswordHasher
+from clinicguard.auth.mfa import TotpSeeds
+from clinicguard.auth.users import create_user
 from clinicguard.clinic.demo import DemoRefused, database_is_empty, seed_demo
-from clinicguard.core.errors import ConfigurationError
+from clinicguard.core.errors import ConfigurationError, ProblemError
 from clinicguard.preflight import preflight
 from clinicguard.settings import Settings, load_settings
 from clinicguard.store.db import Database
 from clinicguard.store.migrate import upgrade_to_head
+from clinicguard.wiring import Services, build_services
 
 app = typer.Typer(
     help="clinicguard: security- and privacy-first backend for clinics.",
@@ -30,6 +33,13 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="The demo data set (development and test only).", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+keys_app = typer.Typer(help="Keys: token signing keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+sessions_app = typer.Typer(help="Sign-in sessions.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+T = TypeVar("T")
 out = Console(stderr=True)
 
 
@@ -120,20 +130,47 @@ def serve(
 def migrate() -> None:
     """Bring the database schema to the newest version (as the schema owner)."""
     settings = _settings()
-    upgrade_to_head(settings.migration_database_url, settings.database_url)
+    key = settings.master_key_bytes() if settings.master_key.get_secret_value() else None
+    try:
+        upgrade_to_head(settings.migration_database_url, settings.database_url, key)
+    except ValueError as exc:
+        out.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
     out.print("database schema is up to date")
 
 
-async def _seed(settings: Settings, out_file: Path, if_empty: bool) -> dict[str, Any] | None:
-    db = Database.from_url(settings.database_url, hide_parameters=True)
-    hasher = Argon2PasswordHasher()
+async def _seed(settings: Settings, if_empty: bool) -> dict[str, Any] | None:
+    services = build_services(settings)
     try:
-        if if_empty and not await database_is_empty(db):
+        if if_empty and not await database_is_empty(services.db):
             return None
-        return await seed_demo(db, hasher, production=settings.is_production)
+        return await seed_demo(
+            services.db,
+            services.passwords,
+            TotpSeeds(settings.master_key_bytes()),
+            production=settings.is_production,
+        )
     finally:
-        hasher.close()
-        await db.dispose()
+        await services.close()
+
+
+def _run_with_services(action: Callable[[Services], Awaitable[T]]) -> T:
+    """Run one async operator action against the configured backends; domain errors are
+    printed (never a traceback) and exit non-zero."""
+    settings = _settings()
+
+    async def run() -> T:
+        services = build_services(settings)
+        try:
+            return await action(services)
+        finally:
+            await services.close()
+
+    try:
+        return asyncio.run(run())
+    except ProblemError as exc:
+        out.print(f"[red]{escape(exc.detail)}[/red]")
+        raise typer.Exit(1) from exc
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -157,7 +194,7 @@ def demo_seed(
         out.print("[red]refused: the demo data set is never created in production[/red]")
         raise typer.Exit(2)
     try:
-        creds = asyncio.run(_seed(settings, out_file, if_empty))
+        creds = asyncio.run(_seed(settings, if_empty))
     except DemoRefused as exc:
         out.print(f"[red]refused: {escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
@@ -171,6 +208,53 @@ def demo_seed(
     _write_private(out_file, creds)
     clinics = ", ".join(c["name"] for c in creds["clinics"])
     out.print(f"demo clinics created ({clinics}); credentials written to [bold]{out_file}[/bold]")
+
+
+@keys_app.command("rotate-signing")
+def keys_rotate_signing() -> None:
+    """New token signing keys take over at once; old ones verify until their tokens expire."""
+    kids = _run_with_services(lambda s: s.signing_keys.rotate())
+    out.print("new signing keys: " + ", ".join(kids))
+
+
+@users_app.command("unlock")
+def users_unlock(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
+    """Clear an account's sign-in lock and failure counters."""
+    _run_with_services(lambda s: s.auth.unlock(None, email=email))
+    out.print(f"unlocked {escape(email)}")
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="Login email.")],
+    name: Annotated[str, typer.Option(help="Full name.")],
+    role: Annotated[str, typer.Option(help="Role at the clinic (or platform_admin).")],
+    clinic: Annotated[str | None, typer.Option(help="Clinic id (not for platform_admin).")] = None,
+) -> None:
+    """Create an account with a one-time password (changed at first sign-in)."""
+
+    async def create(services: Services) -> str:
+        return await create_user(
+            services.db,
+            services.passwords,
+            email=email,
+            full_name=name,
+            role=role,
+            clinic_id=clinic,
+        )
+
+    password = _run_with_services(create)
+    out.print(f"created {escape(email)}; one-time password (must be changed at first sign-in):")
+    print(password)  # noqa: T201  (the operator needs it on stdout, once)
+
+
+@sessions_app.command("revoke")
+def sessions_revoke(
+    user: Annotated[str, typer.Option("--user", help="The account's email.")],
+) -> None:
+    """End every session of a user at once (tokens stop working on every instance)."""
+    count = _run_with_services(lambda s: s.auth.revoke_user_sessions(user))
+    out.print(f"ended {count} session(s) of {escape(user)}")
 
 
 def main() -> None:

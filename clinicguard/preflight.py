@@ -29,9 +29,14 @@ async def preflight(settings: Settings, db: Database) -> None:
     except DatabaseUnavailable:
         if settings.is_production:
             problems.append("the database does not answer")
-    except DBAPIError:
+    except DBAPIError as exc:
         if settings.is_production:
-            problems.append("the database schema is missing or old: run `clinicguard migrate`")
+            problems.append(
+                "the application's database role lacks privileges on the schema (grants: see "
+                "docs/operations.md)"
+                if "permission denied" in str(exc.orig).lower()
+                else "the database schema is missing or old: run `clinicguard migrate`"
+            )
     if settings.is_production:
         problems.extend(role_problems)
     else:

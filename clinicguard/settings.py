@@ -15,7 +15,7 @@ import os
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -60,8 +60,6 @@ class Settings(BaseSettings):
     """The application's connection (on PostgreSQL: a role that owns no tables)."""
     migration_database_url: str = ""
     """The schema owner's connection for migrations; defaults to ``database_url``."""
-    database_app_role: str = "clinicguard_app"
-    """PostgreSQL role the migrations grant data access to (must exist; owns nothing)."""
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_statement_timeout_ms: int = Field(default=5000, ge=100)
 
@@ -85,9 +83,74 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 
+    # --- authentication -------------------------------------------------------------------
+    jwt_issuer: str = "clinicguard"
+    jwt_algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    access_token_ttl_seconds: int = Field(default=15 * 60, ge=60, le=3600)
+    refresh_token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=3600, le=90 * 24 * 3600)
+    mfa_token_ttl_seconds: int = Field(default=5 * 60, ge=60, le=900)
+    reset_token_ttl_seconds: int = Field(default=30 * 60, ge=300, le=3600)
+    refresh_grace_seconds: float = Field(default=10.0, ge=0, le=60)
+    session_idle_timeout_seconds: int = Field(default=30 * 60, ge=60)
+    session_absolute_timeout_seconds: int = Field(default=8 * 3600, ge=300)
+    max_sessions_per_user: int = Field(default=5, ge=1, le=100)
+    step_up_ttl_seconds: int = Field(default=15 * 60, ge=60, le=3600)
+    device_trust_days: int = Field(default=90, ge=1, le=365)
+
+    argon2_memory_kib: int = Field(default=19_456, ge=19_456)
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_parallelism: int = Field(default=1, ge=1, le=16)
+    password_hash_threads: int = Field(default=2, ge=1, le=32)
+
+    password_min_length: int = Field(default=12, ge=8, le=128)
+    password_max_length: int = Field(default=128, ge=12, le=1024)
+    password_min_strength: int = Field(default=3, ge=0, le=4)
+    password_history: int = Field(default=5, ge=0, le=24)
+    password_expiry_days: int = Field(default=90, ge=0)
+    """0 disables expiry."""
+    breached_password_checker: Literal["offline", "range-api", "none"] = "offline"
+    breached_password_range_url: str = "https://api.pwnedpasswords.com/range/"
+
+    mfa_required_roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "platform_admin",
+            "clinic_admin",
+            "physician",
+            "nurse",
+            "compliance_officer",
+        ]
+    )
+    login_failures_per_identifier: int = Field(default=5, ge=1)
+    login_lock_minutes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [15, 30, 60, 360]
+    )
+    """Lock durations for the 1st, 2nd, 3rd and later locks within 24 hours."""
+    login_failures_per_ip: int = Field(default=20, ge=1)
+    login_ip_window_seconds: int = Field(default=15 * 60, ge=60)
+    login_global_failures_per_minute: int = Field(default=600, ge=10)
+    mfa_attempts: int = Field(default=5, ge=1)
+    mfa_window_seconds: int = Field(default=5 * 60, ge=60)
+    password_forgot_per_hour: int = Field(default=3, ge=1)
+
+    mail_backend: Literal["file", "smtp"] = "file"
+    mail_from: str = "clinicguard <no-reply@clinicguard.localhost>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    public_base_url: str = "http://127.0.0.1:8000"
+    """Where people reach the service (links in e-mails)."""
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("mfa_required_roles", "login_lock_minutes", mode="before")
+    @classmethod
+    def _parse_lists(cls, value: Any) -> Any:
         return _split_csv(value)
 
     @field_validator("trusted_proxies", mode="before")
@@ -155,13 +218,12 @@ def production_problems(settings: Settings) -> list[str]:
         )
     if not settings.redis_url:
         problems.append("CLINICGUARD_REDIS_URL is missing: sessions and revocations must be shared")
+    if settings.mail_backend == "file":
+        problems.append(
+            "CLINICGUARD_MAIL_BACKEND is 'file': production sends security mail by SMTP"
+        )
     if "*" in settings.cors_origins and settings.cors_allow_credentials:
         problems.append("CORS allows any origin ('*') together with credentials")
-    if settings.database_url == settings.migration_database_url and not settings.is_sqlite:
-        problems.append(
-            "CLINICGUARD_MIGRATION_DATABASE_URL is not set apart from CLINICGUARD_DATABASE_URL: "
-            "the application must not connect as the schema owner"
-        )
     return problems
 
 

@@ -8,8 +8,6 @@ exists (clinics are marked ``is_demo``).
 from __future__ import annotations
 
 import random
-import secrets
-import string
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -19,7 +17,9 @@ import pyotp
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clinicguard.auth.mfa import TotpSeeds
 from clinicguard.auth.models import ClinicMembership, User
+from clinicguard.auth.passwords import generate_password
 from clinicguard.clinic.cpf import generate_cpf
 from clinicguard.clinic.models import (
     Appointment,
@@ -39,7 +39,6 @@ from clinicguard.store.db import Database
 MFA_REQUIRED_ROLES = frozenset(
     {Role.PLATFORM_ADMIN, Role.CLINIC_ADMIN, Role.PHYSICIAN, Role.NURSE, Role.COMPLIANCE_OFFICER}
 )
-_SPECIALS = "!@#$%&*+-=?"
 
 
 class PasswordHashing(Protocol):
@@ -130,20 +129,6 @@ _DIAGNOSES = (
 )
 
 
-def generate_password(length: int = 20) -> str:
-    """A random password with upper, lower, digit and special characters (``secrets``)."""
-    alphabet = string.ascii_letters + string.digits + _SPECIALS
-    while True:
-        candidate = "".join(secrets.choice(alphabet) for _ in range(length))
-        if (
-            any(c.isupper() for c in candidate)
-            and any(c.islower() for c in candidate)
-            and any(c.isdigit() for c in candidate)
-            and any(c in _SPECIALS for c in candidate)
-        ):
-            return candidate
-
-
 def _email_local(full_name: str) -> str:
     import unicodedata
 
@@ -153,9 +138,12 @@ def _email_local(full_name: str) -> str:
 
 
 class _Seeder:
-    def __init__(self, session: AsyncSession, hasher: PasswordHashing, now: datetime) -> None:
+    def __init__(
+        self, session: AsyncSession, hasher: PasswordHashing, seeds: TotpSeeds, now: datetime
+    ) -> None:
         self.session = session
         self.hasher = hasher
+        self.seeds = seeds
         self.now = now
         self.rng = random.SystemRandom()
 
@@ -164,8 +152,9 @@ class _Seeder:
     ) -> tuple[User, dict[str, Any]]:
         password = generate_password()
         totp_secret = pyotp.random_base32(length=32) if role in MFA_REQUIRED_ROLES else None
+        user_id = new_id()
         user = User(
-            id=new_id(),
+            id=user_id,
             email=email,
             full_name=full_name,
             password_hash=await self.hasher.hash(password),
@@ -173,7 +162,7 @@ class _Seeder:
             is_platform_admin=role is Role.PLATFORM_ADMIN,
             professional_license=licence,
             mfa_enabled=totp_secret is not None,
-            totp_secret=totp_secret,
+            totp_secret_sealed=self.seeds.seal(user_id, totp_secret) if totp_secret else None,
         )
         self.session.add(user)
         await self.session.flush()
@@ -392,7 +381,12 @@ async def has_demo_data(db: Database) -> bool:
 
 
 async def seed_demo(
-    db: Database, hasher: PasswordHashing, *, production: bool, now: datetime | None = None
+    db: Database,
+    hasher: PasswordHashing,
+    seeds: TotpSeeds,
+    *,
+    production: bool,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Create the demo data set in one transaction and return its credentials (API.md shape).
 
@@ -404,7 +398,7 @@ async def seed_demo(
         raise DemoRefused("the database already holds data; the demo seeds only an empty one")
     now = now or datetime.now(UTC)
     async with db.transaction() as session:
-        seeder = _Seeder(session, hasher, now)
+        seeder = _Seeder(session, hasher, seeds, now)
         _admin, admin_creds = await seeder.user(
             "plataforma.admin@clinicguard.example.com",
             "Administração da Plataforma",

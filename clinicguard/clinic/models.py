@@ -27,8 +27,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 from clinicguard.core.clock import utcnow
 from clinicguard.core.ids import new_id
 from clinicguard.store.base import Base, TenantOwned, Timestamps
+from clinicguard.store.tenancy import MINUTES_PER_DAY, Clinic
 
-MINUTES_PER_DAY = 24 * 60
+__all__ = [
+    "MINUTES_PER_DAY",
+    "Appointment",
+    "CareTeamMember",
+    "Clinic",
+    "MedicalRecord",
+    "Patient",
+    "Prescription",
+    "Treatment",
+    "TreatmentCertification",
+]
 
 
 def _patient_fk() -> ForeignKeyConstraint:
@@ -43,33 +54,6 @@ def _member_fk(column: str) -> ForeignKeyConstraint:
         ["clinic_id", column],
         ["clinic_memberships.clinic_id", "clinic_memberships.user_id"],
         ondelete="RESTRICT",
-    )
-
-
-class Clinic(Timestamps, Base):
-    """A tenant. Opening hours are minutes after local midnight (0-1440) in ``timezone``."""
-
-    __tablename__ = "clinics"
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200))
-    cnpj: Mapped[str | None] = mapped_column(String(14), unique=True, default=None)
-    timezone: Mapped[str] = mapped_column(String(64), default="America/Sao_Paulo")
-    opens_at_minute: Mapped[int] = mapped_column(Integer, default=6 * 60)
-    closes_at_minute: Mapped[int] = mapped_column(Integer, default=22 * 60)
-    address: Mapped[str | None] = mapped_column(Text, default=None)
-    city: Mapped[str | None] = mapped_column(String(100), default=None)
-    state: Mapped[str | None] = mapped_column(String(2), default=None)
-    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    is_demo: Mapped[bool] = mapped_column(Boolean, default=False)
-    """Demo data; production refuses to start while any exists."""
-
-    __table_args__ = (
-        CheckConstraint(
-            f"opens_at_minute >= 0 AND closes_at_minute <= {MINUTES_PER_DAY}"
-            " AND opens_at_minute < closes_at_minute",
-            name="hours",
-        ),
     )
 
 

@@ -15,10 +15,12 @@ class Role(StrEnum):
     RECEPTIONIST = "receptionist"
     COMPLIANCE_OFFICER = "compliance_officer"
     PATIENT = "patient"
+    INTEGRATION = "integration"
+    """An API key acting for a clinic with its own scopes (never a person's membership)."""
 
 
 #: Roles a person holds inside one clinic (memberships); platform_admin is platform-wide.
-CLINIC_ROLES: frozenset[Role] = frozenset(Role) - {Role.PLATFORM_ADMIN}
+CLINIC_ROLES: frozenset[Role] = frozenset(Role) - {Role.PLATFORM_ADMIN, Role.INTEGRATION}
 #: Staff roles: a clinic's professionals and administrators (not its patients).
 STAFF_ROLES: tuple[Role, ...] = (
     Role.CLINIC_ADMIN,
@@ -29,10 +31,18 @@ STAFF_ROLES: tuple[Role, ...] = (
 )
 
 
+FULL_ACCESS = "full"
+SCOPE_MFA_ENROLL = "mfa:enroll"
+SCOPE_PASSWORD_CHANGE = "password:change"
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The authenticated actor of one request. ``clinic_id`` comes from the verified token
-    only, never from a header, query or body."""
+    (or the API key's clinic) only, never from a header, query or body.
+
+    ``scopes`` is ``{"full"}`` for a complete sign-in; a restricted sign-in carries only
+    ``mfa:enroll`` or ``password:change``; an API key carries its permission names."""
 
     user_id: uuid.UUID
     role: Role
@@ -40,3 +50,9 @@ class Principal:
     session_id: str | None = None
     mfa_level: int = 0
     scopes: frozenset[str] = field(default_factory=frozenset)
+    auth_method: str = "token"
+    """``token`` (Bearer JWT), ``cookie`` (console session) or ``api_key``."""
+
+    @property
+    def is_fully_authenticated(self) -> bool:
+        return FULL_ACCESS in self.scopes

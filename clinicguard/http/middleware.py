@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import structlog
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -66,12 +67,17 @@ class RequestContextMiddleware:
         )
         ctx = RequestContext(
             request_id=request_id,
-            client_ip=resolve_client_ip(peer, headers.get("x-forwarded-for"), self.trusted),
+            # Every X-Forwarded-For line, joined in order: a proxy that appends its own line
+            # after the client's must not let the client's line decide.
+            client_ip=resolve_client_ip(
+                peer, ",".join(headers.getlist("x-forwarded-for")) or None, self.trusted
+            ),
             user_agent=headers.get("user-agent", "")[:_USER_AGENT_MAX],
             started_at=datetime.now(UTC),
         )
         scope.setdefault("state", {})["request_context"] = ctx
         token = bind_request(ctx)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -83,6 +89,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            structlog.contextvars.unbind_contextvars("request_id")
             unbind_request(token)
 
 
@@ -150,7 +157,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 await send_problem(send, BadRequest("The Content-Length header is invalid."))
                 return
             if int(declared) > self.max_bytes:

@@ -7,8 +7,8 @@ mask, audit in the same transaction) happen inside the services a route calls.
 
     1.  request context  — request id, client IP via trusted proxies
     10. security headers — the path's header profile on every answer, errors included
-        error boundary   — anything unhandled becomes a 500 problem without internals
         CORS             — allowlisted origins only (so error answers are readable by them)
+        error boundary   — anything unhandled becomes a 500 problem without internals
         input gates      — body size (413), JSON-only API bodies (415)
     2.  blocklist        — IP / account blocks          (added by the detection feature)
     3.  rate limit       — per route class and identity (added by the ratelimit feature)
@@ -65,7 +65,6 @@ def pipeline_middleware(
     return [
         Middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies),
         Middleware(SecurityHeadersMiddleware, profiles=profiles),
-        Middleware(ErrorBoundaryMiddleware),
         Middleware(
             ProblemCORSMiddleware,
             allow_origins=origins,
@@ -81,6 +80,7 @@ def pipeline_middleware(
             ],
             max_age=600,
         ),
+        Middleware(ErrorBoundaryMiddleware),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         Middleware(JsonBodyMiddleware, multipart_paths=multipart_paths),
         *(steps[step] for step in (Step.BLOCKLIST, Step.RATE_LIMIT) if step in steps),

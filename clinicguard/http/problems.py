@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,12 +21,14 @@ from clinicguard.core.errors import (
     NotFound,
     PayloadTooLarge,
     ProblemError,
+    Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from clinicguard.core.logging import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+_KNOWN = {s.value for s in HTTPStatus}
 log = get_logger("clinicguard.http")
 
 _STATUS_ERRORS: dict[int, type[ProblemError]] = {
@@ -33,6 +36,7 @@ _STATUS_ERRORS: dict[int, type[ProblemError]] = {
     403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
+    401: Unauthorized,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: ValidationFailed,
@@ -106,8 +110,11 @@ async def _on_http_exception(_request: Request, exc: Exception) -> Response:
     cls = _STATUS_ERRORS.get(exc.status_code)
     problem: ProblemError
     if cls is None:
-        problem = ProblemError()
+        phrase = HTTPStatus(exc.status_code).phrase if exc.status_code in _KNOWN else "Error"
+        problem = ProblemError(phrase + ".")
         problem.status = exc.status_code  # type: ignore[misc]
+        problem.title = phrase  # type: ignore[misc]
+        problem.slug = phrase.lower().replace(" ", "-").replace("'", "")  # type: ignore[misc]
     else:
         problem = cls()
     problem.headers.update(exc.headers or {})

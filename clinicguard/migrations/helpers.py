@@ -23,6 +23,12 @@ def app_role() -> str | None:
     return str(role) if role else None
 
 
+def master_key() -> bytes | None:
+    """The master key, for data migrations that must encrypt (None when not given)."""
+    key = context.config.attributes.get("master_key")
+    return bytes(key) if key else None
+
+
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 

@@ -53,6 +53,11 @@ class KeyValueStore(Protocol):
         Returns whether it was stored."""
         ...
 
+    async def get_and_expire(self, key: str, ttl: float) -> bytes | None:
+        """The value, and its time to live reset to ``ttl`` (sliding expiry) in the same
+        atomic step; None when absent or expired."""
+        ...
+
     async def take(self, key: str) -> bytes | None:
         """Return and delete the value in one atomic step (single-use tokens): of two
         concurrent takers, exactly one gets the value."""

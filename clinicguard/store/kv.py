@@ -63,6 +63,12 @@ class MemoryKeyValueStore:
         self._data[key] = (bytes(value), self._deadline(ttl))
         return True
 
+    async def get_and_expire(self, key: str, ttl: float) -> bytes | None:
+        value = self._bytes(key)
+        if value is not None:
+            self._data[key] = (value, self._deadline(ttl))
+        return value
+
     async def take(self, key: str) -> bytes | None:
         value = self._bytes(key)
         if value is not None:
@@ -187,6 +193,11 @@ class RedisKeyValueStore:
                 key, value, px=_ms(ttl) if ttl is not None else None, nx=only_if_absent
             )
             return bool(done)
+
+    async def get_and_expire(self, key: str, ttl: float) -> bytes | None:
+        async with self._guard() as r:
+            value = await r.getex(key, px=_ms(ttl))
+            return None if value is None else _as_bytes(value)
 
     async def take(self, key: str) -> bytes | None:
         async with self._guard() as r:

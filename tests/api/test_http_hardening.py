@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 
 from clinicguard.app import create_app
 from clinicguard.core.context import current_request
@@ -60,6 +60,11 @@ async def whoami() -> dict[str, str]:
     ctx = current_request()
     assert ctx is not None
     return {"client_ip": ctx.client_ip, "request_id": ctx.request_id}
+
+
+@probe.get("/teapot")
+async def teapot() -> None:
+    raise HTTPException(418)
 
 
 @probe.get("/slow")
@@ -303,6 +308,28 @@ async def test_forwarded_for_is_read_through_trusted_proxies(
         "/api/v1/_probe/whoami", headers={"x-forwarded-for": "6.6.6.6, 198.51.100.7, 10.0.0.9"}
     )
     assert response.json()["client_ip"] == "198.51.100.7"
+
+
+async def test_forwarded_for_split_over_several_lines_cannot_be_spoofed(
+    make_client: Callable[..., Any],
+) -> None:
+    """A proxy that appends its own X-Forwarded-For line after the client's forged one: the
+    lines are read together, right to left, so the forged value never wins."""
+    http = await make_client(peer="10.0.0.5", trusted_proxies="10.0.0.0/8")
+    response = await http.get(
+        "/api/v1/_probe/whoami",
+        headers=[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.7")],
+    )
+    assert response.json()["client_ip"] == "198.51.100.7"
+
+
+async def test_unusual_http_exceptions_keep_a_truthful_problem_type(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.get("/api/v1/_probe/teapot")
+    body = assert_problem(response, 418)
+    assert body["title"] == "I'm a Teapot"
+    assert "internal" not in body["type"]
 
 
 async def test_cors_allows_only_listed_origins(make_client: Callable[..., Any]) -> None:

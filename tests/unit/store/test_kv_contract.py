@@ -67,6 +67,19 @@ async def test_value_expires_after_ttl(kv_store: KeyValueStore) -> None:
     assert await kv_store.set(k, b"again", only_if_absent=True) is True
 
 
+async def test_get_and_expire_slides_the_expiry(kv_store: KeyValueStore) -> None:
+    """A session's idle timeout restarts on each use, in the same round trip as the read."""
+    k = key("sliding")
+    assert await kv_store.get_and_expire(k, 1) is None
+    await kv_store.set(k, b"session", ttl=0.2)
+    await asyncio.sleep(0.12)
+    assert await kv_store.get_and_expire(k, 0.2) == b"session"
+    await asyncio.sleep(0.12)  # past the first deadline, within the renewed one
+    assert await kv_store.get(k) == b"session"
+    await asyncio.sleep(0.2)
+    assert await kv_store.get_and_expire(k, 0.2) is None
+
+
 async def test_ttl_is_none_without_expiry(kv_store: KeyValueStore) -> None:
     k = key("persistent")
     await kv_store.set(k, b"v")

@@ -1,0 +1,1 @@
+"""The audit trail. For now: the durable store of security events."""

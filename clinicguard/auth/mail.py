@@ -1,0 +1,165 @@
+"""Outgoing mail (SMTP, or files for development) and the security notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import smtplib
+import ssl
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from clinicguard.auth.interfaces import Mail, MailSender, MailUnavailable
+from clinicguard.core.logging import get_logger
+
+log = get_logger("clinicguard.mail")
+
+
+def _message(mail: Mail, sender: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = mail.to
+    message["Subject"] = mail.subject
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain="clinicguard")
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(mail.text)
+    return message
+
+
+class FileMailSender:
+    """Development: each message becomes an .eml file under ``directory`` (mode 0600)."""
+
+    def __init__(self, directory: Path, sender: str) -> None:
+        self._dir = directory
+        self._sender = sender
+
+    async def send(self, mail: Mail) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}.eml"
+        data = _message(mail, self._sender).as_bytes()
+
+        def write() -> None:
+            fd = os.open(self._dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+
+        await asyncio.to_thread(write)
+
+
+class SmtpMailSender:
+    """SMTP relay with a timeout, optional STARTTLS (certificate verified) and login."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        *,
+        username: str = "",
+        password: str = "",
+        starttls: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        self._host, self._port, self._sender = host, port, sender
+        self._username, self._password = username, password
+        self._starttls, self._timeout = starttls, timeout
+
+    def _deliver(self, message: EmailMessage) -> None:
+        with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as smtp:
+            if self._starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if self._username:
+                smtp.login(self._username, self._password)
+            smtp.send_message(message)
+
+    async def send(self, mail: Mail) -> None:
+        try:
+            await asyncio.to_thread(self._deliver, _message(mail, self._sender))
+        except (smtplib.SMTPException, OSError) as exc:
+            raise MailUnavailable(type(exc).__name__) from exc
+
+
+_NOTICES: dict[str, tuple[str, str]] = {
+    "password_changed": (
+        "Your clinicguard password was changed",
+        "The password of your clinicguard account was changed{when}. Your other sessions "
+        "were ended. If this was not you, contact your clinic's administrator now.",
+    ),
+    "password_reset": (
+        "Reset your clinicguard password",
+        "Someone asked to reset the password of this account. If it was you, use this token "
+        "within {minutes} minutes (POST /api/v1/auth/password/reset):\n\n{token}\n\n"
+        "{link}\n\nIf it was not you, ignore this message: your password is unchanged.",
+    ),
+    "mfa_enabled": (
+        "Two-factor authentication enabled",
+        "Two-factor authentication was turned on for your clinicguard account{when}.",
+    ),
+    "mfa_disabled": (
+        "Two-factor authentication disabled",
+        "Two-factor authentication was turned OFF for your clinicguard account{when}. If this "
+        "was not you, contact your clinic's administrator now.",
+    ),
+    "backup_code_used": (
+        "A backup code was used",
+        "A backup code was used to sign in to your clinicguard account{when}. {remaining} "
+        "unused codes remain. If this was not you, contact your clinic's administrator now.",
+    ),
+    "lockout": (
+        "Sign-ins to your clinicguard account are paused",
+        "There were too many failed sign-ins to your account; new sign-ins from unknown "
+        "devices are paused for {minutes} minutes. Devices you signed in from before are not "
+        "affected. If these attempts were not you, tell your clinic's administrator.",
+    ),
+    "new_device": (
+        "New sign-in to your clinicguard account",
+        "Your account was signed in to from a new device ({device}, IP {ip}){when}. If this "
+        "was not you, change your password and contact your clinic's administrator.",
+    ),
+}
+
+
+class SecurityNotifier:
+    """Security notices to the account holder. Delivery is best effort: a relay outage is
+    logged, never turned into a failed (or a seemingly failed) security action."""
+
+    def __init__(self, sender: MailSender) -> None:
+        self._sender = sender
+
+    async def notify(self, to: str, notice: str, **values: str | int) -> None:
+        subject, template = _NOTICES[notice]
+        when = values.pop("when", "")
+        text = template.format(when=f" at {when} UTC" if when else "", **values)
+        try:
+            await self._sender.send(Mail(to=to, subject=subject, text=text))
+        except MailUnavailable as exc:
+            log.warning("mail_not_sent", notice=notice, reason=str(exc))
+
+
+def create_mail_sender(
+    backend: str,
+    *,
+    directory: Path,
+    sender: str,
+    host: str,
+    port: int,
+    username: str,
+    password: str,
+    starttls: bool,
+    timeout: float,
+) -> MailSender:
+    if backend == "smtp":
+        return SmtpMailSender(
+            host,
+            port,
+            sender,
+            username=username,
+            password=password,
+            starttls=starttls,
+            timeout=timeout,
+        )
+    return FileMailSender(directory, sender)

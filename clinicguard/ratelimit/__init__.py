@@ -1,0 +1,1 @@
+"""Rate limiting: sliding-window limits in the shared key-value backend."""
