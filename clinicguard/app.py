@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -98,5 +99,7 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory: settings from the environment."""
     settings = load_settings()
-    configure_logging(json_logs=settings.is_production)
+    configure_logging(
+        json_logs=settings.is_production, level=logging.DEBUG if settings.debug else logging.INFO
+    )
     return create_app(settings)

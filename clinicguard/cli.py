@@ -88,6 +88,11 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         out.print("[red]--tls-cert and --tls-key go together[/red]")
         raise typer.Exit(2)
+    if workers > 1 and not settings.redis_url:
+        # The in-process store is per process: sessions, revocations and limits would not
+        # be shared between workers (a logout on one would not end the session on another).
+        out.print("[red]--workers above 1 needs CLINICGUARD_REDIS_URL (shared sessions)[/red]")
+        raise typer.Exit(2)
     try:
         asyncio.run(_check_startup(settings))
     except ConfigurationError as exc:

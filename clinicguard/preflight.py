@@ -7,7 +7,7 @@ from sqlalchemy.exc import DBAPIError
 from clinicguard.clinic.demo import has_demo_data
 from clinicguard.core.errors import ConfigurationError
 from clinicguard.core.logging import get_logger
-from clinicguard.settings import Settings, production_problems
+from clinicguard.settings import Settings, production_problems, unknown_variables
 from clinicguard.store.db import Database, connection_role_problems
 from clinicguard.store.interfaces import DatabaseUnavailable
 
@@ -18,6 +18,11 @@ async def preflight(settings: Settings, db: Database) -> None:
     """Raise ConfigurationError listing every reason not to serve. Outside production, the
     database-role findings are logged as warnings instead."""
     problems = production_problems(settings)
+    for name in unknown_variables():
+        if settings.is_production:
+            problems.append(f"{name} is not a clinicguard setting (misspelt?)")
+        else:
+            log.warning("unknown_setting_variable", variable=name)
     role_problems: list[str] = []
     try:
         role_problems = await connection_role_problems(db)

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
 
     env: Environment = Environment.DEVELOPMENT
     debug: bool = False
+    """Debug-level logs (never in production)."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     data_dir: Path = Path("var")
@@ -91,7 +93,7 @@ class Settings(BaseSettings):
     mfa_token_ttl_seconds: int = Field(default=5 * 60, ge=60, le=900)
     reset_token_ttl_seconds: int = Field(default=30 * 60, ge=300, le=3600)
     refresh_grace_seconds: float = Field(default=10.0, ge=0, le=60)
-    session_idle_timeout_seconds: int = Field(default=30 * 60, ge=60)
+    session_idle_timeout_seconds: int = Field(default=30 * 60, ge=1)
     session_absolute_timeout_seconds: int = Field(default=8 * 3600, ge=300)
     max_sessions_per_user: int = Field(default=5, ge=1, le=100)
     step_up_ttl_seconds: int = Field(default=15 * 60, ge=60, le=3600)
@@ -256,6 +258,20 @@ def with_development_secrets(settings: Settings) -> Settings:
     if not settings.master_key.get_secret_value():
         update["master_key"] = SecretStr(stored["master_key"])
     return settings.model_copy(update=update)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """CLINICGUARD_* variables that name no setting (a misspelt variable would otherwise be
+    ignored silently, leaving a default in force). Test-suite variables are not settings."""
+    environ = os.environ if environ is None else environ
+    known = {f"CLINICGUARD_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in environ
+        if key.startswith("CLINICGUARD_")
+        and key not in known
+        and not key.startswith(("CLINICGUARD_TEST_", "CLINICGUARD_REQUIRE_"))
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

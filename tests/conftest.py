@@ -6,6 +6,8 @@ import base64
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,13 @@ import pytest
 from fastapi import FastAPI
 
 from clinicguard.app import create_app
+from clinicguard.core.clock import FrozenClock
 from clinicguard.settings import Settings
 from clinicguard.store.interfaces import KeyValueStore
 from clinicguard.store.kv import MemoryKeyValueStore, RedisKeyValueStore
 from clinicguard.store.migrate import upgrade_to_head
+from clinicguard.wiring import Services
+from tests.factories.people import Person
 from tests.services import (
     REDIS_URL,
     PostgresDatabase,
@@ -147,6 +152,59 @@ def client_for(app: FastAPI, client_ip: str = "203.0.113.10") -> httpx.AsyncClie
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(app) as http:
         yield http
+
+
+@dataclass
+class AuthWorld:
+    """An app with a frozen clock that tests move, its services and a client."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    services: Services
+    clock: FrozenClock
+
+    async def login(self, person: Person, *, device_token: str | None = None,
+                    offset_steps: int = 0) -> dict[str, Any]:
+        """Complete a sign-in (password, then TOTP when enrolled); returns the token pair.
+        Each TOTP step is accepted once: advance the clock 30 s between MFA sign-ins of the
+        same person."""
+        body: dict[str, Any] = {"email": person.email, "password": person.password}
+        if device_token:
+            body["device_token"] = device_token
+        response = await self.client.post("/api/v1/auth/login", json=body)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        if data.get("mfa_required"):
+            response = await self.client.post("/api/v1/auth/mfa/verify", json={
+                "mfa_token": data["mfa_token"], "code": person.code(self.clock, offset_steps)})
+            assert response.status_code == 200, response.text
+            data = response.json()
+        return data
+
+    @staticmethod
+    def bearer(tokens: dict[str, Any] | str) -> dict[str, str]:
+        token = tokens if isinstance(tokens, str) else tokens["access_token"]
+        return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def make_world(make_settings: Callable[..., Settings]) -> Callable[..., Any]:
+    """Build an AuthWorld with settings overrides (``async with make_world(**o) as w``)."""
+
+    @asynccontextmanager
+    async def build(**overrides: Any) -> AsyncIterator[AuthWorld]:
+        clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+        app = create_app(make_settings(**overrides), clock=clock)
+        async with app.router.lifespan_context(app), client_for(app) as client:
+            yield AuthWorld(app=app, client=client, services=app.state.services, clock=clock)
+
+    return build
+
+
+@pytest.fixture
+async def world(make_world: Callable[..., Any]) -> AsyncIterator[AuthWorld]:
+    async with make_world() as w:
+        yield w
 
 
 @pytest.fixture(

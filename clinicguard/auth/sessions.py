@@ -10,7 +10,6 @@ Keys carry a per-user hash tag (``{u:<id>}``) so a user's keys share a Redis Clu
 from __future__ import annotations
 
 import builtins
-
 import json
 import secrets
 import uuid

@@ -281,12 +281,20 @@ class TokenService:
                 audience=audience(purpose),
                 issuer=self._issuer,
                 leeway=LEEWAY_SECONDS,
-                options={"require": REQUIRED_CLAIMS[purpose], "verify_nbf": True},
+                # Time claims are checked below against the service's clock (the same clock
+                # that issued them), not the wall clock inside PyJWT.
+                options={
+                    "require": REQUIRED_CLAIMS[purpose],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-            # PyJWT checks exp against the wall clock; ours may be injected (tests).
             if float(claims["exp"]) + LEEWAY_SECONDS <= now:
                 raise jwt.ExpiredSignatureError()
             if float(claims.get("nbf", 0)) - LEEWAY_SECONDS > now:
+                raise jwt.ImmatureSignatureError()
+            if float(claims["iat"]) - LEEWAY_SECONDS > now:
                 raise jwt.ImmatureSignatureError()
             uuid.UUID(str(claims["sub"]))
         except (jwt.PyJWTError, ValueError, TypeError) as exc:

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from clinicguard.store.migrate import upgrade_to_head
+from tests.services import redis_or_skip
 
 pytestmark = pytest.mark.slow
 
@@ -263,10 +264,12 @@ def _is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.redis
 def test_workers_run_as_separate_processes(tmp_path: Path, database: Path) -> None:
     """--workers 2 starts two worker processes under the serve process; both serve, and
-    stopping the server stops its workers (none left behind)."""
-    env = server_env(tmp_path, database)
+    stopping the server stops its workers (none left behind). Workers share sessions
+    through Redis, so several workers need it."""
+    env = server_env(tmp_path, database, CLINICGUARD_REDIS_URL=redis_or_skip())
     with serve(tmp_path, env, "--workers", "2") as srv:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
@@ -282,6 +285,21 @@ def test_workers_run_as_separate_processes(tmp_path: Path, database: Path) -> No
     while any(_is_running(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_is_running(w) for w in workers)
+
+
+def test_several_workers_without_redis_are_refused(tmp_path: Path, database: Path) -> None:
+    """Without a shared store each worker would keep its own sessions (a logout on one
+    would not end the session on another), so ``serve --workers 2`` refuses to start."""
+    result = subprocess.run(
+        [sys.executable, "-m", "clinicguard", "serve", "--workers", "2", "--port", "1"],
+        env=server_env(tmp_path, database),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CLINICGUARD_REDIS_URL" in result.stdout + result.stderr
 
 
 def test_production_refuses_to_start_naming_every_problem(tmp_path: Path, database: Path) -> None:
