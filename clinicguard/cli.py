@@ -40,7 +40,7 @@ app.add_typer(users_app, name="users")
 sessions_app = typer.Typer(help="Sign-in sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 T = TypeVar("T")
-out = Console(stderr=True)
+out = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -104,8 +104,12 @@ def serve(
     base = f"{scheme}://{bind_host}:{bind_port}"
     out.print(f"clinicguard {settings.env} serving on [bold]{base}[/bold] with {workers} worker(s)")
     out.print(f"  API       {base}/api/v1   health {base}/healthz   ready {base}/readyz")
+    out.print(f"  sign in   POST {base}/api/v1/auth/login   keys {base}/.well-known/jwks.json")
     if not settings.is_production:
         out.print(f"  API docs  {base}/api/docs  (OpenAPI {base}/api/openapi.json)")
+        credentials = settings.data_dir / "demo-credentials.json"
+        if credentials.exists():
+            out.print(f"  demo      accounts, passwords and TOTP secrets in {credentials}")
     config = TLS13Config(
         "clinicguard.app:create_app_from_env",
         factory=True,
