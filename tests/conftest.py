@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from clinicguard.app import create_app
 from clinicguard.core.clock import FrozenClock
+from clinicguard.core.logging import configure_logging
 from clinicguard.settings import Settings
 from clinicguard.store.interfaces import KeyValueStore
 from clinicguard.store.kv import MemoryKeyValueStore, RedisKeyValueStore
@@ -35,6 +36,7 @@ from tests.services import (
 )
 
 SERVICES = [pytest.mark.postgres, pytest.mark.redis]
+configure_logging(json_logs=True)
 
 
 @dataclass(frozen=True)

@@ -60,15 +60,16 @@ def provisioning_uri(seed: str, account: str, issuer: str = "clinicguard") -> st
 
 
 def qr_svg(uri: str) -> str:
-    buffer = io.StringIO()
+    buffer = io.BytesIO()  # segno writes bytes
     segno.make(uri, error="m").save(buffer, kind="svg", scale=4, xmldecl=False, svgns=True)
-    return buffer.getvalue()
+    return buffer.getvalue().decode()
 
 
 def matching_offsets(seed: str, code: str, at: datetime, radius: int) -> list[int]:
     """Step offsets (within +-radius of ``at``) whose code equals ``code``, compared in
     constant time per candidate."""
-    if len(code) != DIGITS or not code.isdigit():
+    # ASCII digits only: str.isdigit() also accepts other scripts' digits ("١٢٣٤٥٦").
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):
         return []
     totp = pyotp.TOTP(seed, digits=DIGITS, interval=STEP_SECONDS)
     found = []

@@ -398,7 +398,7 @@ class AuthService:
             )
             raise MfaThrottled(int(state.reset_after) + 1)
         code = code.strip()
-        if code.isdigit() and user.totp_secret_sealed is not None:
+        if code.isascii() and code.isdigit() and user.totp_secret_sealed is not None:
             seed = self._seeds.open(user.id, user.totp_secret_sealed)
             check = await self._totp.check(user.id, seed, code, self._clock.now())
             if check.accepted:

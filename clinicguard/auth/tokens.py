@@ -213,7 +213,7 @@ class TokenService:
         self._issuer = issuer
         self._clock = clock
         self._lifetimes = lifetimes
-        self._cache: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[dict[str, Any], float, str]] = OrderedDict()
         self._cache_size = cache_size
 
     def lifetime(self, purpose: TokenPurpose) -> int:
@@ -260,7 +260,9 @@ class TokenService:
         cache_key = hashlib.sha256(f"{purpose}:{token}".encode()).digest()
         cached = self._cache.get(cache_key)
         now = self._clock.now().timestamp()
-        if cached is not None and cached[1] > now:
+        # A cache hit still needs its key to verify (rotation windows end; an in-memory look-up).
+        if (cached is not None and cached[1] > now
+                and await self._ring.verification_key(cached[2]) is not None):
             self._cache.move_to_end(cache_key)
             return cached[0]
         try:
@@ -300,8 +302,8 @@ class TokenService:
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise TokenInvalid() from exc
         if purpose is TokenPurpose.ACCESS:
-            # Only the signature check is cached: the session is checked on every request.
-            self._cache[cache_key] = (claims, float(claims["exp"]))
+            # Only the signature check is cached; the session is checked on every request.
+            self._cache[cache_key] = (claims, float(claims["exp"]), kid)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return claims

@@ -16,8 +16,12 @@ def configure_logging(*, json_logs: bool = True, level: int = logging.INFO) -> N
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
+    # Plain tracebacks only: a "pretty" traceback with local variables would print whatever
+    # a frame held (passwords, tokens, patient data) into the log.
     processors.append(
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=processors,
