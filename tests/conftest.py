@@ -7,8 +7,8 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +165,9 @@ class AuthWorld:
     services: Services
     clock: FrozenClock
 
-    async def login(self, person: Person, *, device_token: str | None = None,
-                    offset_steps: int = 0) -> dict[str, Any]:
+    async def login(
+        self, person: Person, *, device_token: str | None = None, offset_steps: int = 0
+    ) -> dict[str, Any]:
         """Complete a sign-in (password, then TOTP when enrolled); returns the token pair.
         Each TOTP step is accepted once: advance the clock 30 s between MFA sign-ins of the
         same person."""
@@ -177,8 +178,13 @@ class AuthWorld:
         assert response.status_code == 200, response.text
         data: dict[str, Any] = response.json()
         if data.get("mfa_required"):
-            response = await self.client.post("/api/v1/auth/mfa/verify", json={
-                "mfa_token": data["mfa_token"], "code": person.code(self.clock, offset_steps)})
+            response = await self.client.post(
+                "/api/v1/auth/mfa/verify",
+                json={
+                    "mfa_token": data["mfa_token"],
+                    "code": person.code(self.clock, offset_steps),
+                },
+            )
             assert response.status_code == 200, response.text
             data = response.json()
         return data

@@ -1,21 +1,24 @@
 """Login throttling and progressive lockout.
 
-Counters (all in the shared store, all failing closed when it is down):
+Every attempt is counted *before* its password is checked (one atomic sliding-window hit
+per counter), so a burst of concurrent guesses gets no more tries than a sequence would;
+a successful sign-in gives its slots back. Counters (shared store, failing closed):
 
 * per identifier (a keyed hash of the normalized email, whether or not the account
-  exists): N failures in the lock window lock the identifier; repeated locks within 24 h
+  exists): N attempts without a success lock the identifier; repeated locks within 24 h
   escalate (15 min -> 30 min -> 1 h -> 6 h by default);
 * per trusted device: a device that already completed a sign-in (with MFA for accounts
-  that have it) is counted and locked on its own, and the identifier lock does not apply to
-  it — so knowing a clinician's email is not enough to keep the clinician out;
-* per client IP: failures in a sliding window;
-* a global ceiling on failures per minute across the deployment.
+  that have it) is counted and locked on its own, and neither the identifier lock nor the
+  per-IP and global ceilings apply to it — so knowing a clinician's email (or flooding the
+  clinic's network address) is not enough to keep the clinician out;
+* per client IP: failed attempts in a sliding window;
+* a global ceiling on failed attempts per minute across the deployment.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clinicguard.auth.interfaces import LoginThrottled
 from clinicguard.crypto.secretbox import Hasher
@@ -23,6 +26,7 @@ from clinicguard.ratelimit.interfaces import RateLimiter
 from clinicguard.store.interfaces import KeyValueStore
 
 DAY = 86400
+GLOBAL_KEY = "login:global"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +56,24 @@ class Attempt:
         return f"{self.identifier}:d:{self.device}" if self.device else self.identifier
 
 
+@dataclass
+class Admission:
+    """The slots an admitted attempt holds in each window."""
+
+    attempt: Attempt
+    slots: dict[str, str] = field(default_factory=dict)
+    count: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class LockResult:
     locked: bool
     minutes: int = 0
+
+
+def _tag(scope: str) -> str:
+    # One hash tag per scope: a scope's keys live in one Redis Cluster slot.
+    return f"cg:{{login:{scope}}}"
 
 
 class LoginGuard:
@@ -70,58 +88,60 @@ class LoginGuard:
     def identifier(self, email: str) -> str:
         return self._hasher.hexdigest(email.strip().lower(), 32)
 
-    @staticmethod
-    def _lock_key(scope: str) -> str:
-        return f"cg:login:lock:{scope}"
-
-    async def check(self, attempt: Attempt) -> None:
-        """Raise LoginThrottled (with Retry-After) when this attempt may not be tried."""
-        ttl = await self._kv.ttl(self._lock_key(attempt.scope))
+    async def admit(self, attempt: Attempt) -> Admission:
+        """Take a slot in every window that applies, or raise LoginThrottled (with the
+        Retry-After of the window that refused). Slots taken before a refusal are given
+        back, so a refused attempt costs nothing."""
+        ttl = await self._kv.ttl(f"{_tag(attempt.scope)}:lock")
         if ttl is not None:
             raise LoginThrottled(math.ceil(ttl))
-        ip = await self._limiter.peek(
-            f"login:ip:{attempt.ip}",
-            limit=self.limits.failures_per_ip,
-            window=self.limits.ip_window,
-        )
-        if not ip.allowed:
-            raise LoginThrottled(math.ceil(ip.reset_after))
-        overall = await self._limiter.peek(
-            "login:global", limit=self.limits.global_failures_per_minute, window=60
-        )
-        if not overall.allowed:
-            raise LoginThrottled(math.ceil(overall.reset_after))
+        admission = Admission(attempt)
+        windows = [
+            (
+                f"login:attempts:{attempt.scope}",
+                self.limits.failures_per_identifier,
+                self.limits.identifier_window,
+            )
+        ]
+        if attempt.device is None:
+            windows += [
+                (f"login:ip:{attempt.ip}", self.limits.failures_per_ip, self.limits.ip_window),
+                (GLOBAL_KEY, self.limits.global_failures_per_minute, 60),
+            ]
+        for key, limit, window in windows:
+            state = await self._limiter.hit(key, limit=limit, window=window)
+            if not state.allowed or state.event is None:
+                await self._give_back(admission)
+                raise LoginThrottled(math.ceil(state.reset_after))
+            admission.slots[key] = state.event
+            if key.startswith("login:attempts:"):
+                admission.count = state.count
+        return admission
 
-    async def record_failure(self, attempt: Attempt) -> LockResult:
-        """Count a failed attempt everywhere; lock the identifier (or the device) when it
-        reached its limit. Returns whether this failure caused a lock."""
-        await self._limiter.hit(
-            f"login:ip:{attempt.ip}",
-            limit=self.limits.failures_per_ip,
-            window=self.limits.ip_window,
-        )
-        await self._limiter.hit(
-            "login:global", limit=self.limits.global_failures_per_minute, window=60
-        )
-        state = await self._limiter.hit(
-            f"login:fail:{attempt.scope}",
-            limit=self.limits.failures_per_identifier,
-            window=self.limits.identifier_window,
-        )
-        if state.count < self.limits.failures_per_identifier:
+    async def _give_back(self, admission: Admission) -> None:
+        for key, event in admission.slots.items():
+            await self._limiter.release(key, event)
+
+    async def failed(self, admission: Admission) -> LockResult:
+        """The attempt failed: its slots stay counted; the identifier (or device) is locked
+        when it has used up its attempts."""
+        if admission.count < self.limits.failures_per_identifier:
             return LockResult(locked=False)
-        level = await self._kv.increment(f"cg:login:locks24:{attempt.scope}", ttl=DAY)
+        scope = admission.attempt.scope
+        level = await self._kv.increment(f"{_tag(scope)}:locks24", ttl=DAY)
         minutes = self.limits.lock_minutes[min(level, len(self.limits.lock_minutes)) - 1]
-        await self._kv.set(self._lock_key(attempt.scope), b"1", ttl=minutes * 60)
-        await self._limiter.reset(f"login:fail:{attempt.scope}")
+        await self._kv.set(f"{_tag(scope)}:lock", b"1", ttl=minutes * 60)
+        await self._limiter.reset(f"login:attempts:{scope}")
         return LockResult(locked=True, minutes=minutes)
 
-    async def record_success(self, attempt: Attempt) -> None:
-        await self._limiter.reset(f"login:fail:{attempt.scope}")
+    async def succeeded(self, admission: Admission) -> None:
+        """The password was right: the attempt was not a failure anywhere."""
+        await self._give_back(admission)
+        await self._limiter.reset(f"login:attempts:{admission.attempt.scope}")
 
     async def unlock(self, email: str) -> None:
-        """Clear the identifier's lock, failures and escalation (an administrator's unlock).
+        """Clear the identifier's lock, attempts and escalation (an administrator's unlock).
         Device-scoped locks expire on their own."""
         scope = self.identifier(email)
-        await self._kv.delete(self._lock_key(scope), f"cg:login:locks24:{scope}")
-        await self._limiter.reset(f"login:fail:{scope}")
+        await self._kv.delete(f"{_tag(scope)}:lock", f"{_tag(scope)}:locks24")
+        await self._limiter.reset(f"login:attempts:{scope}")

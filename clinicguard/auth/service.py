@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import delete, select, update
 
@@ -24,6 +24,7 @@ from clinicguard.auth.interfaces import (
     CsrfFailed,
     InsufficientScope,
     InvalidCredentials,
+    LoginThrottled,
     MfaAlreadyEnabled,
     MfaClockSkew,
     MfaCodeInvalid,
@@ -36,7 +37,7 @@ from clinicguard.auth.interfaces import (
     StepUpRequired,
     TokenInvalid,
 )
-from clinicguard.auth.lockout import Attempt, LoginGuard
+from clinicguard.auth.lockout import Admission, Attempt, LoginGuard
 from clinicguard.auth.mail import SecurityNotifier
 from clinicguard.auth.mfa import (
     BackupCodeHasher,
@@ -263,8 +264,8 @@ class AuthService:
             else None,
         )
         try:
-            await self._guard.check(attempt)
-        except Exception:
+            admission = await self._guard.admit(attempt)
+        except LoginThrottled:
             await self._event(
                 E.AUTH_LOGIN_THROTTLED,
                 Outcome.DENIED,
@@ -282,12 +283,12 @@ class AuthService:
             valid = await self._passwords.verify(user.password_hash, password)
         if not valid or not usable or user is None or identity is None:
             await self._failed_login(
-                attempt,
+                admission,
                 identity,
                 "unknown_account" if user is None else "inactive" if valid else "bad_password",
             )
             raise InvalidCredentials()
-        await self._guard.record_success(attempt)
+        await self._guard.succeeded(admission)
         if self._passwords.needs_rehash(user.password_hash):
             await self._store_password_hash(
                 user.id, await self._passwords.hash(password), history=False
@@ -310,9 +311,10 @@ class AuthService:
         )
 
     async def _failed_login(
-        self, attempt: Attempt, identity: _Identity | None, reason: str
+        self, admission: Admission, identity: _Identity | None, reason: str
     ) -> None:
-        lock = await self._guard.record_failure(attempt)
+        attempt = admission.attempt
+        lock = await self._guard.failed(admission)
         user_id = identity.user.id if identity else None
         clinic_id = identity.clinic_id if identity else None
         await self._event(
@@ -557,7 +559,7 @@ class AuthService:
         access, refresh, session = await self._issue_pair(session)
         return SignedIn(
             session=session,
-            expires_in=self._tokens.lifetime(TokenPurpose.ACCESS),
+            expires_in=self._expires_in(session),
             device_token=device_token,
             access_token=access,
             refresh_token=refresh,
@@ -577,10 +579,18 @@ class AuthService:
         )
         jti = str(refresh_claims["jti"])
         ttl = max(1.0, float(refresh_claims["exp"]) - self._clock.now().timestamp())
-        await self._kv.set(refresh_key(session.u, jti), session.sid.encode(), ttl=ttl)
         session = replace(session, rt=jti)
-        await self._sessions.save(session)
+        # The session first, and only if it still exists: a logout racing this request
+        # wins, and its session is not written back.
+        if not await self._sessions.save(session):
+            raise TokenInvalid()
+        await self._kv.set(refresh_key(session.u, jti), session.sid.encode(), ttl=ttl)
         return access, refresh, session
+
+    def _expires_in(self, session: Session) -> int:
+        """Seconds the access token lives (never past the session's absolute end)."""
+        left = int(session.ax - self._clock.now().timestamp())
+        return max(0, min(self._tokens.lifetime(TokenPurpose.ACCESS), left))
 
     # --- refresh rotation -----------------------------------------------------------------
 
@@ -604,30 +614,34 @@ class AuthService:
                 await self._kv.delete(grace_key)
             if session is None:
                 raise TokenInvalid()  # the session already ended (logout, expiry, revoke)
-            await self._sessions.revoke(session)
-            await self._event(
-                E.AUTH_REFRESH_REUSE,
-                Outcome.DENIED,
-                severity=Severity.HIGH,
-                user_id=session.user_id,
-                clinic_id=session.clinic_id,
-                session_id=sid,
-                reason="spent_refresh_token_presented",
-            )
-            raise RefreshTokenReused()
+            await self._reuse_detected(session)
         access, refresh, session = await self._issue_pair(session)
-        pair = {"a": access, "r": refresh, "s": session.sid, "u": session.u}
+        pair = {"a": access, "r": refresh, "s": session.sid, "u": session.u, "j": session.rt}
         if grace > 0:
             await self._kv.set(
                 grace_key, self._grace_box.seal(json.dumps(pair).encode(), jti), ttl=grace
             )
         return SignedIn(
             session=session,
-            expires_in=self._tokens.lifetime(TokenPurpose.ACCESS),
+            expires_in=self._expires_in(session),
             device_token="",
             access_token=access,
             refresh_token=refresh,
         )
+
+    async def _reuse_detected(self, session: Session) -> NoReturn:
+        """A spent refresh token came back: end that login's session (its family only)."""
+        await self._sessions.revoke(session)
+        await self._event(
+            E.AUTH_REFRESH_REUSE,
+            Outcome.DENIED,
+            severity=Severity.HIGH,
+            user_id=session.user_id,
+            clinic_id=session.clinic_id,
+            session_id=session.sid,
+            reason="spent_refresh_token_presented",
+        )
+        raise RefreshTokenReused()
 
     async def _grace_pair(self, grace_key: str, jti: str) -> SignedIn:
         waited = 0.0
@@ -640,9 +654,13 @@ class AuthService:
                 session = await self._sessions.get(pair["u"], pair["s"])
                 if session is None:
                     break
+                if session.rt != pair["j"]:
+                    # The pair handed out for this token was itself refreshed since: the
+                    # token is a grandparent, not a racing duplicate of the parent.
+                    await self._reuse_detected(session)
                 return SignedIn(
                     session=session,
-                    expires_in=self._tokens.lifetime(TokenPurpose.ACCESS),
+                    expires_in=self._expires_in(session),
                     device_token="",
                     access_token=pair["a"],
                     refresh_token=pair["r"],
@@ -1050,7 +1068,8 @@ class AuthService:
             raise InvalidCredentials("The password is incorrect.")
         await self._second_factor(identity, code, context="step-up")
         ttl = self._config.step_up_ttl
-        await self._sessions.save(replace(session, su=self._clock.now().timestamp() + ttl))
+        if not await self._sessions.save(replace(session, su=self._clock.now().timestamp() + ttl)):
+            raise TokenInvalid()
         await self._event(
             E.AUTH_STEP_UP,
             Outcome.SUCCESS,

@@ -60,6 +60,7 @@ class Session:
     ck: str = ""  # keyed hash of the console cookie secret ("" for token sessions)
     cs: str = ""  # keyed hash of the CSRF token (console sessions)
     su: float = 0.0  # step-up valid until
+    n: int = 0  # creation order among the user's sessions (store-wide sequence)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,10 +117,13 @@ class SessionStore:
         device: str,
         cookie_secret: str | None = None,
         csrf_token: str | None = None,
-    ) -> tuple[Session, list[str]]:
+    ) -> tuple[Session, builtins.list[str]]:
         """Store a new session; returns it and the ids of sessions ended to stay within the
-        per-user limit (the oldest go first)."""
+        per-user limit. The new session is stored first and the oldest beyond the limit are
+        ended after, so concurrent sign-ins converge on the newest N (every creator trims
+        the same oldest sessions, in the store-wide creation order)."""
         now = self._clock.now().timestamp()
+        sequence = await self._kv.increment(f"{_user_tag(user_id)}:seq")
         session = Session(
             sid=secrets.token_urlsafe(16),
             u=str(user_id),
@@ -132,25 +136,20 @@ class SessionStore:
             ax=now + self._absolute,
             ip=ip[:45],
             d=device[:48],
+            n=sequence,
             ck=self._hasher.hexdigest(cookie_secret, 32) if cookie_secret else "",
             cs=self._hasher.hexdigest(csrf_token, 32) if csrf_token else "",
         )
-        ended = await self._make_room(user_id)
         await self._kv.set(
             session_key(user_id, session.sid), session.encode(), ttl=self._ttl(session, now)
         )
         await self._kv.set_add(_index_key(user_id), session.sid.encode(), ttl=self._absolute)
-        return session, ended
-
-    async def _make_room(self, user_id: uuid.UUID) -> list[str]:
         live = await self.list(user_id)
-        ended: list[str] = []
-        while len(live) >= self._max:
-            oldest = min(live, key=lambda s: s.ca)
-            await self.revoke(oldest)
-            ended.append(oldest.sid)
-            live.remove(oldest)
-        return ended
+        ended = []
+        for old in live[: max(0, len(live) - self._max)]:
+            await self.revoke(old)
+            ended.append(old.sid)
+        return session, ended
 
     async def touch(self, user_id: uuid.UUID | str, sid: str) -> Session | None:
         """The live session (restarting its idle timeout), or None when it ended, idled out
@@ -167,7 +166,8 @@ class SessionStore:
             return None
         if now - session.ls >= LAST_SEEN_RESOLUTION:
             session = replace(session, ls=now)
-            await self.save(session)
+            if not await self.save(session):
+                return None  # ended while this request was reading it
         return session
 
     async def get(self, user_id: uuid.UUID | str, sid: str) -> Session | None:
@@ -180,10 +180,15 @@ class SessionStore:
             return None
         return session
 
-    async def save(self, session: Session) -> None:
+    async def save(self, session: Session) -> bool:
+        """Update a live session; False (and nothing written) when it has ended meanwhile,
+        so a racing update never brings back a session that a logout or revoke ended."""
         now = self._clock.now().timestamp()
-        await self._kv.set(
-            session_key(session.u, session.sid), session.encode(), ttl=self._ttl(session, now)
+        return await self._kv.set(
+            session_key(session.u, session.sid),
+            session.encode(),
+            ttl=self._ttl(session, now),
+            only_if_present=True,
         )
 
     async def list(self, user_id: uuid.UUID) -> builtins.list[Session]:
@@ -200,7 +205,7 @@ class SessionStore:
                 live.append(session)
         if dead:
             await self._kv.set_remove(_index_key(user_id), *dead)
-        return sorted(live, key=lambda s: s.ca)
+        return sorted(live, key=lambda s: (s.n, s.ca))
 
     async def revoke(self, session: Session) -> None:
         """End one session and its current refresh token."""

@@ -261,8 +261,11 @@ class TokenService:
         cached = self._cache.get(cache_key)
         now = self._clock.now().timestamp()
         # A cache hit still needs its key to verify (rotation windows end; an in-memory look-up).
-        if (cached is not None and cached[1] > now
-                and await self._ring.verification_key(cached[2]) is not None):
+        if (
+            cached is not None
+            and cached[1] > now
+            and await self._ring.verification_key(cached[2]) is not None
+        ):
             self._cache.move_to_end(cache_key)
             return cached[0]
         try:

@@ -16,6 +16,8 @@ class WindowState:
     limit: int
     reset_after: float
     """Seconds until the oldest event in the window expires (0 when the window is empty)."""
+    event: str | None = None
+    """The recorded event's id (a hit that was admitted), for :meth:`RateLimiter.release`."""
 
     @property
     def remaining(self) -> int:
@@ -35,6 +37,10 @@ class RateLimiter(Protocol):
 
     async def peek(self, key: str, *, limit: int, window: float) -> WindowState:
         """The window's state without recording anything (``allowed``: one more would be)."""
+        ...
+
+    async def release(self, key: str, event: str) -> None:
+        """Take back one recorded event (an attempt counted up-front that turned out fine)."""
         ...
 
     async def reset(self, *keys: str) -> None:

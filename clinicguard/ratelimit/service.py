@@ -61,21 +61,29 @@ class RedisSlidingWindowLimiter:
         return cls(aioredis.Redis(connection_pool=pool))
 
     async def _run(self, key: str, limit: int, window: float, cost: int) -> WindowState:
+        member = secrets.token_hex(8)
         try:
             result: list[Any] = await self._script(
                 keys=[self._prefix + key],
-                args=[max(1, round(window * 1000)), limit, cost, secrets.token_hex(8)],
+                args=[max(1, round(window * 1000)), limit, cost, member],
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise KeyValueUnavailable() from exc
         allowed, count, reset_ms = (int(v) for v in result)
-        return WindowState(bool(allowed), count, limit, max(0.0, reset_ms / 1000))
+        recorded = member if allowed and cost else None
+        return WindowState(bool(allowed), count, limit, max(0.0, reset_ms / 1000), recorded)
 
     async def hit(self, key: str, *, limit: int, window: float) -> WindowState:
         return await self._run(key, limit, window, 1)
 
     async def peek(self, key: str, *, limit: int, window: float) -> WindowState:
         return await self._run(key, limit, window, 0)
+
+    async def release(self, key: str, event: str) -> None:
+        try:
+            await self._client.zrem(self._prefix + key, event)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise KeyValueUnavailable() from exc
 
     async def reset(self, *keys: str) -> None:
         if not keys:
@@ -93,38 +101,69 @@ class MemorySlidingWindowLimiter:
     """The in-process twin (single process). Methods do not await, so each is atomic."""
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._windows: dict[str, deque[float]] = {}
+        self._windows: dict[str, deque[tuple[float, str]]] = {}
         self._monotonic = monotonic
 
-    def _window(self, key: str, window: float) -> tuple[deque[float], float]:
+    def _window(self, key: str, window: float) -> tuple[deque[tuple[float, str]], float]:
         now = self._monotonic()
         events = self._windows.setdefault(key, deque())
-        while events and events[0] <= now - window:
+        while events and events[0][0] <= now - window:
             events.popleft()
         return events, now
 
-    def _state(
-        self, events: deque[float], allowed: bool, limit: int, window: float, now: float
+    def _finish(
+        self,
+        *,
+        key: str,
+        events: deque[tuple[float, str]],
+        allowed: bool,
+        limit: int,
+        window: float,
+        now: float,
+        event: str | None = None,
     ) -> WindowState:
-        reset = events[0] + window - now if events else 0.0
-        return WindowState(allowed, len(events), limit, max(0.0, reset))
+        reset = events[0][0] + window - now if events else 0.0
+        if not events:
+            del self._windows[key]
+        return WindowState(allowed, len(events), limit, max(0.0, reset), event)
 
     async def hit(self, key: str, *, limit: int, window: float) -> WindowState:
         events, now = self._window(key, window)
         allowed = len(events) + 1 <= limit
-        if allowed:
-            events.append(now)
-        state = self._state(events, allowed, limit, window, now)
-        if not events:
-            del self._windows[key]
-        return state
+        event = secrets.token_hex(8) if allowed else None
+        if event is not None:
+            events.append((now, event))
+        return self._finish(
+            key=key,
+            events=events,
+            allowed=allowed,
+            limit=limit,
+            window=window,
+            now=now,
+            event=event,
+        )
 
     async def peek(self, key: str, *, limit: int, window: float) -> WindowState:
         events, now = self._window(key, window)
-        state = self._state(events, len(events) + 1 <= limit, limit, window, now)
+        return self._finish(
+            key=key,
+            events=events,
+            allowed=len(events) + 1 <= limit,
+            limit=limit,
+            window=window,
+            now=now,
+        )
+
+    async def release(self, key: str, event: str) -> None:
+        events = self._windows.get(key)
+        if events is None:
+            return
+        for item in events:
+            if item[1] == event:
+                events.remove(item)
+                break
         if not events:
             del self._windows[key]
-        return state
 
     async def reset(self, *keys: str) -> None:
         for key in keys:

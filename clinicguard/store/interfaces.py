@@ -47,10 +47,17 @@ class KeyValueStore(Protocol):
         ...
 
     async def set(
-        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        only_if_absent: bool = False,
+        only_if_present: bool = False,
     ) -> bool:
-        """Store ``value``; with ``only_if_absent`` only when no live value exists (atomic).
-        Returns whether it was stored."""
+        """Store ``value``; with ``only_if_absent`` only when no live value exists, with
+        ``only_if_present`` only when one does (both atomic: an update never brings back a
+        key another request deleted). Returns whether it was stored."""
         ...
 
     async def get_and_expire(self, key: str, ttl: float) -> bytes | None:

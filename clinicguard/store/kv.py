@@ -56,9 +56,16 @@ class MemoryKeyValueStore:
         return self._bytes(key)
 
     async def set(
-        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        only_if_absent: bool = False,
+        only_if_present: bool = False,
     ) -> bool:
-        if only_if_absent and self._live(key) is not None:
+        live = self._live(key) is not None
+        if (only_if_absent and live) or (only_if_present and not live):
             return False
         self._data[key] = (bytes(value), self._deadline(ttl))
         return True
@@ -186,11 +193,21 @@ class RedisKeyValueStore:
             return None if value is None else _as_bytes(value)
 
     async def set(
-        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        only_if_absent: bool = False,
+        only_if_present: bool = False,
     ) -> bool:
         async with self._guard() as r:
             done = await r.set(
-                key, value, px=_ms(ttl) if ttl is not None else None, nx=only_if_absent
+                key,
+                value,
+                px=_ms(ttl) if ttl is not None else None,
+                nx=only_if_absent,
+                xx=only_if_present,
             )
             return bool(done)
 

@@ -21,8 +21,13 @@ from clinicguard.store.tenancy import Clinic
 from clinicguard.wiring import Services
 
 DEFAULT_PASSWORD = "Ipê-amarelo floresce 7 vezes!"
-MFA_ROLES = {Role.PLATFORM_ADMIN, Role.CLINIC_ADMIN, Role.PHYSICIAN, Role.NURSE,
-             Role.COMPLIANCE_OFFICER}
+MFA_ROLES = {
+    Role.PLATFORM_ADMIN,
+    Role.CLINIC_ADMIN,
+    Role.PHYSICIAN,
+    Role.NURSE,
+    Role.COMPLIANCE_OFFICER,
+}
 _hashes: dict[str, str] = {}
 
 
@@ -49,8 +54,13 @@ async def password_hash(services: Services, password: str) -> str:
 
 
 async def add_clinic(services: Services, **overrides: Any) -> Clinic:
-    clinic = Clinic(id=uuid.uuid4(), name=overrides.pop("name", f"Clínica {uuid.uuid4().hex[:6]}"),
-                    opens_at_minute=0, closes_at_minute=24 * 60, **overrides)
+    clinic = Clinic(
+        id=uuid.uuid4(),
+        name=overrides.pop("name", f"Clínica {uuid.uuid4().hex[:6]}"),
+        opens_at_minute=0,
+        closes_at_minute=24 * 60,
+        **overrides,
+    )
     async with services.db.transaction() as session:
         session.add(clinic)
     return clinic
@@ -78,11 +88,15 @@ async def add_person(
     seeds = TotpSeeds(services.settings.master_key_bytes())
     email = email or f"{role.value}-{user_id.hex[:8]}@clinica.example.com"
     user = User(
-        id=user_id, email=email.lower(), full_name=full_name,
+        id=user_id,
+        email=email.lower(),
+        full_name=full_name,
         password_hash=password_hash_override or await password_hash(services, password),
-        is_platform_admin=role is Role.PLATFORM_ADMIN, mfa_enabled=enrolled,
+        is_platform_admin=role is Role.PLATFORM_ADMIN,
+        mfa_enabled=enrolled,
         totp_secret_sealed=seeds.seal(user_id, seed) if seed else None,
-        must_change_password=must_change_password, is_active=active,
+        must_change_password=must_change_password,
+        is_active=active,
         password_changed_at=password_changed_at or services.clock.now(),
     )
     async with services.db.transaction() as session:
@@ -90,5 +104,11 @@ async def add_person(
         await session.flush()
         if role is not Role.PLATFORM_ADMIN and clinic_id is not None:
             session.add(ClinicMembership(clinic_id=clinic_id, user_id=user_id, role=str(role)))
-    return Person(id=user_id, email=user.email, password=password, role=role,
-                  clinic_id=clinic_id, totp_secret=seed)
+    return Person(
+        id=user_id,
+        email=user.email,
+        password=password,
+        role=role,
+        clinic_id=clinic_id,
+        totp_secret=seed,
+    )

@@ -15,6 +15,7 @@ async def test_mfa_sign_in_gives_tokens_that_work_until_logout(world: AuthWorld)
     assert me.status_code == 200
     assert me.json()["clinic_id"] == str(clinic.id)
     assert me.json()["role"] == "physician"
-    assert (await world.client.post("/api/v1/auth/logout", headers=world.bearer(tokens))
-            ).status_code == 204
+    assert (
+        await world.client.post("/api/v1/auth/logout", headers=world.bearer(tokens))
+    ).status_code == 204
     assert (await world.client.get("/api/v1/me", headers=world.bearer(tokens))).status_code == 401

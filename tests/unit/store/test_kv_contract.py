@@ -45,6 +45,19 @@ async def test_only_if_absent_does_not_overwrite(kv_store: KeyValueStore) -> Non
     assert await kv_store.get(k) == b"first"
 
 
+async def test_only_if_present_never_brings_back_a_deleted_key(kv_store: KeyValueStore) -> None:
+    """An update racing a delete (a refresh racing a logout) must not resurrect the key."""
+    k = key("xx")
+    assert await kv_store.set(k, b"update", only_if_present=True) is False
+    assert await kv_store.get(k) is None
+    await kv_store.set(k, b"v1")
+    assert await kv_store.set(k, b"v2", ttl=5, only_if_present=True) is True
+    assert await kv_store.get(k) == b"v2"
+    await kv_store.delete(k)
+    assert await kv_store.set(k, b"v3", only_if_present=True) is False
+    assert await kv_store.get(k) is None
+
+
 async def test_only_if_absent_is_atomic_under_concurrency(kv_store: KeyValueStore) -> None:
     """Of many concurrent claims (a replayed TOTP code, say), exactly one wins."""
     k = key("claim")

@@ -1,0 +1,151 @@
+"""The baseline: a bare FastAPI app doing the same database work as clinicguard, with none
+of its middleware, exception handlers, dependencies or abstractions.
+
+Served by uvicorn with the same worker count and server options as ``clinicguard serve``
+(httptools, uvloop, no access log, no proxy headers), through the factory
+:func:`create_app`. Configuration comes from the environment the harness sets:
+
+- ``BENCH_BARE_DATABASE_URL`` — postgresql+asyncpg URL of the application role;
+- ``BENCH_BARE_REDIS_URL`` — the Redis database the benchmark owns.
+
+The engine comes from clinicguard's own :func:`~clinicguard.store.db.create_engine` with
+clinicguard's default pool size and statement timeout, so both sides have identical pools,
+timeouts and pre-ping; Redis uses the pool settings of clinicguard's RedisKeyValueStore.
+
+Endpoints (each scenario in :mod:`bench.scenarios` names the one it compares against):
+
+- ``GET /healthz`` — ``{"status": "ok"}`` through a pydantic response model, as clinicguard's;
+- ``GET /readyz`` — ``SELECT 1`` in a transaction and a Redis ``PING``, concurrently, each
+  bounded by the same probe timeout as clinicguard's readiness probe;
+- ``GET /records/{id}`` — a primary-key SELECT plus an INSERT in one transaction: the shape
+  of a clinicguard read that writes its audit event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from typing import Literal
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, HTTPException, Response
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from clinicguard.settings import Settings
+from clinicguard.store.db import create_engine
+
+DB_POOL_SIZE: int = Settings.model_fields["db_pool_size"].default
+"""clinicguard's default pool size (each worker may open twice as many: the overflow)."""
+DB_STATEMENT_TIMEOUT_MS: int = Settings.model_fields["db_statement_timeout_ms"].default
+PROBE_TIMEOUT_SECONDS = 2.0
+"""clinicguard.http.api.PROBE_TIMEOUT_SECONDS."""
+REDIS_TIMEOUT_SECONDS = Settings.model_fields["kv_timeout_seconds"].default
+REDIS_MAX_CONNECTIONS = 64
+"""RedisKeyValueStore's default pool bound."""
+
+#: The bench's own tables (schema ``bench``, created by the harness as the schema owner; the
+#: application role may SELECT records and INSERT events, nothing else).
+SELECT_RECORD = text(
+    "SELECT id, clinic_id, full_name, birth_date, phone, email, notes, created_at"
+    " FROM bench.records WHERE id = :id"
+)
+INSERT_EVENT = text(
+    "INSERT INTO bench.events (id, occurred_at, record_id, clinic_id, actor, action)"
+    " VALUES (:id, now(), :record_id, :clinic_id, :actor, :action)"
+)
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+
+
+class Record(BaseModel):
+    id: uuid.UUID
+    clinic_id: uuid.UUID
+    full_name: str
+    birth_date: date
+    phone: str
+    email: str
+    notes: str
+    created_at: datetime
+
+
+def create_app() -> FastAPI:
+    """The uvicorn factory (one app per worker process)."""
+    engine = create_engine(
+        os.environ["BENCH_BARE_DATABASE_URL"],
+        pool_size=DB_POOL_SIZE,
+        statement_timeout_ms=DB_STATEMENT_TIMEOUT_MS,
+        hide_parameters=True,
+    )
+    sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        os.environ["BENCH_BARE_REDIS_URL"],
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        health_check_interval=30,
+        decode_responses=False,
+    )
+    redis = aioredis.Redis(connection_pool=pool)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/healthz", response_model=Liveness)
+    async def healthz() -> Liveness:
+        return Liveness()
+
+    async def select_one() -> None:
+        async with sessions() as session, session.begin():
+            await session.execute(text("SELECT 1"))
+
+    @app.get("/readyz", response_model=Readiness)
+    async def readyz(response: Response) -> Readiness:
+        results = await asyncio.gather(
+            asyncio.wait_for(select_one(), PROBE_TIMEOUT_SECONDS),
+            asyncio.wait_for(redis.ping(), PROBE_TIMEOUT_SECONDS),
+            return_exceptions=True,
+        )
+        if any(isinstance(r, BaseException) for r in results):
+            response.status_code = 503
+            return Readiness(status="unavailable")
+        return Readiness(status="ready")
+
+    @app.get("/records/{record_id}", response_model=Record)
+    async def read_record(record_id: uuid.UUID) -> Record:
+        async with sessions() as session, session.begin():
+            row = (await session.execute(SELECT_RECORD, {"id": record_id})).mappings().first()
+            if row is None:
+                raise HTTPException(status_code=404)
+            await session.execute(
+                INSERT_EVENT,
+                {
+                    "id": uuid.uuid4(),
+                    "record_id": record_id,
+                    "clinic_id": row["clinic_id"],
+                    "actor": "bench",
+                    "action": "records:read",
+                },
+            )
+        return Record.model_validate(dict(row))
+
+    return app

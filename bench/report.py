@@ -1,0 +1,91 @@
+"""The results: a plain-text table for the terminal and a JSON file under bench/results/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.measurement import Measurement, ScenarioResult
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_COLUMNS = (
+    "scenario",
+    "target",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "cpu µs/req",
+    "conns/worker",
+)
+_RIGHT_ALIGNED = frozenset(_COLUMNS[2:])
+
+
+def _row(scenario: str, m: Measurement) -> tuple[str, ...]:
+    if not m.rounds:
+        return (scenario, str(m.target), "failed", "", "", "", "", "")
+    cpu, spread, latency = m.server_cpu_us_per_request, m.connections_per_worker, m.latency_ms()
+    return (
+        scenario,
+        str(m.target),
+        f"{m.rps:,.0f}",
+        f"{latency['p50']:.2f}",
+        f"{latency['p99']:.2f}",
+        f"{m.errors:,}",
+        "n/a" if cpu is None else f"{cpu:,.0f}",
+        "n/a" if spread is None else "/".join(map(str, spread)),
+    )
+
+
+def _ratio_line(result: ScenarioResult) -> str:
+    ratios = result.ratios()
+    if ratios is None:
+        if result.scenario.clinicguard is None:
+            return "  reference only (no clinicguard side): later scenarios compare with it"
+        return "  ratio: n/a (a side failed)"
+    parts = [f"throughput {ratios['throughput']:.2f}x"] if "throughput" in ratios else []
+    parts += [f"{k} {ratios[k]:.2f}x" for k in ("p50", "p99") if k in ratios]
+    if "server_cpu_per_request" in ratios:
+        parts.append(f"cpu/req {ratios['server_cpu_per_request']:.2f}x")
+    return "  clinicguard / bare: " + ", ".join(parts)
+
+
+def format_table(results: Sequence[ScenarioResult]) -> str:
+    """Scenario, target, throughput, p50/p99 latency, errors (non-2xx and failed requests),
+    server CPU per request and the connections each worker held, with the clinicguard/bare
+    ratio under each scenario."""
+    blocks: list[list[tuple[str, ...]]] = [
+        [_row(r.scenario.name, m) for m in r.measurements] for r in results
+    ]
+    widths = [
+        max(len(col), *(len(row[i]) for block in blocks for row in block))
+        for i, col in enumerate(_COLUMNS)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(w) if col in _RIGHT_ALIGNED else cell.ljust(w)
+            for cell, w, col in zip(cells, widths, _COLUMNS, strict=True)
+        ).rstrip()
+
+    out = [line(_COLUMNS), line(["-" * w for w in widths])]
+    for result, block in zip(results, blocks, strict=True):
+        out += [line(row) for row in block]
+        out.append(_ratio_line(result))
+        out += [f"  {m.target} failed: {m.error}" for m in result.measurements if m.error]
+    out.append(
+        "throughput ratio below 1 and latency/cpu ratios above 1 mean clinicguard is slower;"
+        " cpu µs/req is the server's processes only (not PostgreSQL, Redis or the load generator)"
+    )
+    return "\n".join(out)
+
+
+def write_json(report: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    """Write the report as bench/results/<UTC timestamp>.json (git-ignored)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return path
