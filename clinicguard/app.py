@@ -58,6 +58,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await preflight(settings, services.db)
+        await services.start()
         try:
             yield
         finally:

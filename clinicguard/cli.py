@@ -20,6 +20,7 @@ from clinicguard.auth.mfa import TotpSeeds
 from clinicguard.auth.users import create_user
 from clinicguard.clinic.demo import DemoRefused, database_is_empty, seed_demo
 from clinicguard.core.errors import ConfigurationError, ProblemError
+from clinicguard.core.events import Outcome, SecurityEvent, SecurityEventType, Severity
 from clinicguard.preflight import preflight
 from clinicguard.settings import Settings, load_settings
 from clinicguard.store.db import Database
@@ -139,10 +140,10 @@ def serve(
 def migrate() -> None:
     """Bring the database schema to the newest version (as the schema owner)."""
     settings = _settings()
-    key = settings.master_key_bytes() if settings.master_key.get_secret_value() else None
     try:
+        key = settings.master_key_bytes() if settings.master_key.get_secret_value() else None
         upgrade_to_head(settings.migration_database_url, settings.database_url, key)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         out.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     out.print("database schema is up to date")
@@ -163,10 +164,21 @@ async def _seed(settings: Settings, if_empty: bool) -> dict[str, Any] | None:
         await services.close()
 
 
-def _run_with_services(action: Callable[[Services], Awaitable[T]]) -> T:
-    """Run one async operator action against the configured backends; domain errors are
-    printed (never a traceback) and exit non-zero."""
+def _run_with_services(
+    action: Callable[[Services], Awaitable[T]], *, shared_state: bool = False
+) -> T:
+    """Run one async operator action against the configured backends. Domain errors and
+    configuration mistakes are printed (never a traceback) and exit non-zero.
+
+    ``shared_state``: the action changes what the running servers hold in the key-value
+    store (sessions, locks), which the in-process store of a CLI process cannot reach."""
     settings = _settings()
+    if shared_state and not settings.redis_url:
+        out.print(
+            "[red]this command acts on the servers' shared state: set CLINICGUARD_REDIS_URL "
+            "(the in-process store belongs to the server process; restart it instead)[/red]"
+        )
+        raise typer.Exit(2)
 
     async def run() -> T:
         services = build_services(settings)
@@ -178,8 +190,12 @@ def _run_with_services(action: Callable[[Services], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except ProblemError as exc:
-        out.print(f"[red]{escape(exc.detail)}[/red]")
+        details = "".join(f"\n  {e.field}: {e.message}" for e in exc.errors)
+        out.print(f"[red]{escape(exc.detail + details)}[/red]")
         raise typer.Exit(1) from exc
+    except ValueError as exc:  # configuration (e.g. a master key that is not 32 bytes)
+        out.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -222,14 +238,50 @@ def demo_seed(
 @keys_app.command("rotate-signing")
 def keys_rotate_signing() -> None:
     """New token signing keys take over at once; old ones verify until their tokens expire."""
-    kids = _run_with_services(lambda s: s.signing_keys.rotate())
+
+    async def rotate(services: Services) -> list[str]:
+        kids = await services.signing_keys.rotate()
+        await services.events.record(
+            SecurityEvent(
+                type=SecurityEventType.AUTH_SIGNING_KEY_ROTATED,
+                outcome=Outcome.SUCCESS,
+                severity=Severity.MEDIUM,
+                details={"new_kids": ",".join(kids), "by": "operator"},
+            )
+        )
+        return kids
+
+    kids = _run_with_services(rotate)
     out.print("new signing keys: " + ", ".join(kids))
+
+
+@keys_app.command("revoke-signing")
+def keys_revoke_signing(kid: Annotated[str, typer.Argument(help="The key id (kid).")]) -> None:
+    """Stop a (leaked) signing key verifying now; its tokens die at once."""
+
+    async def revoke(services: Services) -> bool:
+        found = await services.signing_keys.revoke(kid)
+        if found:
+            await services.events.record(
+                SecurityEvent(
+                    type=SecurityEventType.AUTH_SIGNING_KEY_ROTATED,
+                    outcome=Outcome.SUCCESS,
+                    severity=Severity.HIGH,
+                    details={"revoked_kid": kid, "by": "operator"},
+                )
+            )
+        return found
+
+    if not _run_with_services(revoke):
+        out.print(f"[red]no signing key {escape(kid)}[/red]")
+        raise typer.Exit(1)
+    out.print(f"signing key {escape(kid)} revoked; a new key signs for its purpose")
 
 
 @users_app.command("unlock")
 def users_unlock(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
     """Clear an account's sign-in lock and failure counters."""
-    _run_with_services(lambda s: s.auth.unlock(None, email=email))
+    _run_with_services(lambda s: s.auth.unlock(None, email=email), shared_state=True)
     out.print(f"unlocked {escape(email)}")
 
 
@@ -262,7 +314,7 @@ def sessions_revoke(
     user: Annotated[str, typer.Option("--user", help="The account's email.")],
 ) -> None:
     """End every session of a user at once (tokens stop working on every instance)."""
-    count = _run_with_services(lambda s: s.auth.revoke_user_sessions(user))
+    count = _run_with_services(lambda s: s.auth.revoke_user_sessions(user), shared_state=True)
     out.print(f"ended {count} session(s) of {escape(user)}")
 
 

@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     kv_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
 
     secret_key: SecretStr = SecretStr("")
-    """Application secret (HMACs of cookies and CSRF tokens). Generated under data_dir outside
-    production when unset."""
+    """Application secret: keys the hashes of short-lived state (session cookies and CSRF
+    tokens, device trust, login counters); rotating it ends sessions, loses no data.
+    Generated under data_dir outside production when unset."""
     master_key: SecretStr = SecretStr("")
     """Key-encryption key, base64 of 32 bytes. Generated under data_dir outside production."""
 
@@ -155,6 +156,31 @@ class Settings(BaseSettings):
     def _parse_lists(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("mfa_required_roles")
+    @classmethod
+    def _known_roles(cls, value: list[str]) -> list[str]:
+        known = {
+            "platform_admin",
+            "clinic_admin",
+            "physician",
+            "nurse",
+            "receptionist",
+            "compliance_officer",
+            "patient",
+        }
+        unknown = sorted(set(value) - known)
+        if unknown:
+            # A misspelt role would silently drop the MFA requirement for it.
+            raise ValueError(f"unknown roles: {', '.join(unknown)}")
+        return value
+
+    @field_validator("login_lock_minutes")
+    @classmethod
+    def _lock_ladder(cls, value: list[int]) -> list[int]:
+        if not value or any(m < 1 for m in value):
+            raise ValueError("give one or more lock durations of at least 1 minute")
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _parse_proxies(cls, value: Any) -> Any:
@@ -165,6 +191,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        if self.password_min_length > self.password_max_length:
+            raise ValueError("password_min_length is larger than password_max_length")
         data_dir = self.data_dir.expanduser().resolve()
         object.__setattr__(self, "data_dir", data_dir)
         if not self.database_url:
@@ -220,6 +248,8 @@ def production_problems(settings: Settings) -> list[str]:
         )
     if not settings.redis_url:
         problems.append("CLINICGUARD_REDIS_URL is missing: sessions and revocations must be shared")
+    if not settings.public_base_url.startswith("https://"):
+        problems.append("CLINICGUARD_PUBLIC_BASE_URL is not https:// (links in security mail)")
     if settings.mail_backend == "file":
         problems.append(
             "CLINICGUARD_MAIL_BACKEND is 'file': production sends security mail by SMTP"
@@ -268,9 +298,9 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(
         key
         for key in environ
-        if key.startswith("CLINICGUARD_")
-        and key not in known
-        and not key.startswith(("CLINICGUARD_TEST_", "CLINICGUARD_REQUIRE_"))
+        if key.upper().startswith("CLINICGUARD_")
+        and key.upper() not in known
+        and not key.upper().startswith(("CLINICGUARD_TEST_", "CLINICGUARD_REQUIRE_"))
     )
 
 

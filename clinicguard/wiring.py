@@ -11,10 +11,15 @@ from dataclasses import dataclass
 
 from clinicguard.audit.service import DatabaseSecurityEventSink
 from clinicguard.auth.apikeys import ApiKeyService
+from clinicguard.auth.interfaces import BreachedPasswordChecker, MailSender
 from clinicguard.auth.lockout import LoginGuard, LoginLimits
-from clinicguard.auth.mail import SecurityNotifier, create_mail_sender
+from clinicguard.auth.mail import QueuedMailSender, SecurityNotifier, create_mail_sender
 from clinicguard.auth.passwords import Argon2PasswordHasher
-from clinicguard.auth.policy import PasswordPolicy, create_breach_checker
+from clinicguard.auth.policy import (
+    PasswordPolicy,
+    RangeApiBreachedPasswordChecker,
+    create_breach_checker,
+)
 from clinicguard.auth.service import AuthConfig, AuthService
 from clinicguard.auth.sessions import DeviceTrust, SessionStore
 from clinicguard.auth.tokens import SigningKeyRing, TokenPurpose, TokenService
@@ -42,8 +47,19 @@ class Services:
     tokens: TokenService
     auth: AuthService
     api_keys: ApiKeyService
+    mail: MailSender
+    breach: BreachedPasswordChecker
+
+    async def start(self) -> None:
+        """Background work that lives with a serving process (the mail queue)."""
+        if isinstance(self.mail, QueuedMailSender):
+            self.mail.start()
 
     async def close(self) -> None:
+        if isinstance(self.mail, QueuedMailSender):
+            await self.mail.stop()
+        if isinstance(self.breach, RangeApiBreachedPasswordChecker):
+            await self.breach.close()
         self.passwords.close()
         await self.limiter.close()
         await self.kv.close()
@@ -79,6 +95,7 @@ def build_services(
 ) -> Services:
     clock = clock or SystemClock()
     master_key = settings.master_key_bytes()
+    app_secret = settings.secret_key.get_secret_value()
     db = database or Database.from_url(
         settings.database_url,
         pool_size=settings.db_pool_size,
@@ -111,12 +128,12 @@ def build_services(
         idle_timeout=settings.session_idle_timeout_seconds,
         absolute_timeout=settings.session_absolute_timeout_seconds,
         max_per_user=settings.max_sessions_per_user,
-        hasher=Hasher(master_key, "session-secrets"),
+        hasher=Hasher.from_secret(app_secret, "session-secrets"),
     )
     guard = LoginGuard(
         kv,
         limiter,
-        Hasher(master_key, "login-identifier"),
+        Hasher.from_secret(app_secret, "login-identifier"),
         LoginLimits(
             failures_per_identifier=settings.login_failures_per_identifier,
             lock_minutes=tuple(settings.login_lock_minutes),
@@ -136,6 +153,9 @@ def build_services(
         starttls=settings.smtp_starttls,
         timeout=settings.smtp_timeout_seconds,
     )
+    breach = create_breach_checker(
+        settings.breached_password_checker, settings.breached_password_range_url
+    )
     auth = AuthService(
         db=db,
         kv=kv,
@@ -143,13 +163,11 @@ def build_services(
         tokens=tokens,
         sessions=sessions,
         devices=DeviceTrust(
-            kv, Hasher(master_key, "device-trust"), days=settings.device_trust_days
+            kv, Hasher.from_secret(app_secret, "device-trust"), days=settings.device_trust_days
         ),
         guard=guard,
         passwords=passwords,
-        breach=create_breach_checker(
-            settings.breached_password_checker, settings.breached_password_range_url
-        ),
+        breach=breach,
         notifier=SecurityNotifier(mail),
         events=events,
         clock=clock,
@@ -166,7 +184,7 @@ def build_services(
         ),
         master_key=master_key,
     )
-    api_keys = ApiKeyService(db, Hasher(master_key, "api-key"), clock, events)
+    api_keys = ApiKeyService(db, Hasher(master_key, "api-key"), clock, events, limiter)
     return Services(
         settings=settings,
         db=db,
@@ -179,4 +197,6 @@ def build_services(
         tokens=tokens,
         auth=auth,
         api_keys=api_keys,
+        mail=mail,
+        breach=breach,
     )

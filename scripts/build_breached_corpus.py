@@ -4,8 +4,8 @@ Sources: the 30,000 most common passwords of public breach dumps as zxcvbn ships
 list of common Brazilian-Portuguese passwords, and the mutations people use to satisfy
 composition rules (capital first letter, trailing digits, symbols and years). Output: one
 uppercase SHA-1 per line, sorted (the same format as the full Pwned Passwords download,
-without counts), so an operator can point CLINICGUARD_BREACHED_PASSWORD_CORPUS at the full
-corpus instead. Run: .venv/bin/python scripts/build_breached_corpus.py
+without counts), which OfflineBreachedPasswordChecker also reads from the full Pwned
+Passwords download. Run: .venv/bin/python scripts/build_breached_corpus.py
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from clinicguard.core.principal import Principal, Role
 
 router = APIRouter(prefix="/api/v1", tags=["authentication"])
 wellknown = APIRouter(tags=["authentication"])
-DEVICE_COOKIE_SECONDS = 90 * 86400
 _AUTH_ERRORS: dict[int | str, dict[str, str]] = {
     401: {"description": "Missing, invalid, expired or revoked credentials"},
     429: {"description": "Throttled; see Retry-After"},
@@ -49,7 +48,9 @@ def _pair(result: SignedIn) -> s.TokenPair:
     )
 
 
-def _set_console_cookies(response: Response, result: SignedIn) -> s.ConsoleSignedIn:
+def _set_console_cookies(
+    request: Request, response: Response, result: SignedIn
+) -> s.ConsoleSignedIn:
     # __Host-: Secure, Path=/, no Domain — the cookie cannot be set or read by a sibling host.
     response.set_cookie(
         SESSION_COOKIE,
@@ -63,7 +64,7 @@ def _set_console_cookies(response: Response, result: SignedIn) -> s.ConsoleSigne
     response.set_cookie(
         DEVICE_COOKIE,
         result.device_token,
-        max_age=DEVICE_COOKIE_SECONDS,
+        max_age=request.app.state.settings.device_trust_days * 86400,
         path="/",
         secure=True,
         httponly=True,
@@ -96,8 +97,6 @@ async def mfa_verify(
 ) -> s.TokenPair:
     """Answer the challenge with a TOTP code (once) or a backup code (once)."""
     result = await auth.verify_mfa(body.mfa_token, body.code, client_of(request, body.device_token))
-    if result.access_token is None:  # a challenge begun on the console ends there
-        raise Forbidden("This challenge belongs to a console sign-in.")
     return _pair(result)
 
 
@@ -116,19 +115,18 @@ async def console_login(
     )
     if isinstance(result, MfaChallenge):
         return _challenge(result)
-    return _set_console_cookies(response, result)
+    return _set_console_cookies(request, response, result)
 
 
 @router.post("/auth/console/mfa/verify", response_model=s.ConsoleSignedIn, responses=_AUTH_ERRORS)
 async def console_mfa_verify(
     body: s.MfaVerifyRequest, request: Request, response: Response, auth: AuthServiceDep
 ) -> s.ConsoleSignedIn:
+    """Finish a console sign-in's challenge (a token sign-in's challenge is refused)."""
     result = await auth.verify_mfa(
         body.mfa_token, body.code, client_of(request, body.device_token, console=True)
     )
-    if result.cookie is None:
-        raise Forbidden("This challenge belongs to a token sign-in.")
-    return _set_console_cookies(response, result)
+    return _set_console_cookies(request, response, result)
 
 
 @router.post("/auth/refresh", response_model=s.TokenPair, responses=_AUTH_ERRORS)

@@ -18,17 +18,29 @@ from sqlalchemy import or_, select, update
 from clinicguard.auth.interfaces import TokenInvalid
 from clinicguard.auth.models import ApiKey
 from clinicguard.core.clock import Clock
-from clinicguard.core.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from clinicguard.core.context import current_request
+from clinicguard.core.errors import (
+    FieldError,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    ValidationFailed,
+)
 from clinicguard.core.events import Outcome, SecurityEvent, SecurityEventSink, SecurityEventType
 from clinicguard.core.principal import Principal, Role
 from clinicguard.crypto.secretbox import Hasher
+from clinicguard.ratelimit.interfaces import RateLimiter
 from clinicguard.store.db import Database
 from clinicguard.store.interfaces import TenantContext
+from clinicguard.store.tenancy import Clinic
 
 KEY_PREFIX = "cgk_"
 _KEY = re.compile(r"^cgk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _SCOPE = re.compile(r"^[a-z_]+:[a-z_]+$")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+MAX_KEY_LIFETIME = timedelta(days=730)
+FAILURES_PER_IP = 20
+FAILURE_WINDOW = 900
 
 
 def looks_like_api_key(value: str) -> bool:
@@ -37,9 +49,15 @@ def looks_like_api_key(value: str) -> bool:
 
 class ApiKeyService:
     def __init__(
-        self, db: Database, hasher: Hasher, clock: Clock, events: SecurityEventSink
+        self,
+        db: Database,
+        hasher: Hasher,
+        clock: Clock,
+        events: SecurityEventSink,
+        limiter: RateLimiter,
     ) -> None:
         self._db = db
+        self._limiter = limiter
         self._hasher = hasher
         self._clock = clock
         self._events = events
@@ -65,6 +83,8 @@ class ApiKeyService:
         ]
         if expires_at is not None and expires_at <= self._clock.now():
             errors.append(FieldError("body.expires_at", "Must be in the future."))
+        elif expires_at is not None and expires_at > self._clock.now() + MAX_KEY_LIFETIME:
+            errors.append(FieldError("body.expires_at", "Must be at most two years ahead."))
         if errors:
             raise ValidationFailed(errors=errors)
         prefix = secrets.token_hex(6)
@@ -126,14 +146,26 @@ class ApiKeyService:
         )
 
     async def authenticate(self, presented: str) -> Principal:
+        """The key's principal; TokenInvalid for anything else. Failed attempts are counted
+        per client IP before the key is looked at (a burst gets no more tries than a
+        sequence), and a successful one gives its slot back."""
+        ctx = current_request()
+        window = f"apikey:ip:{ctx.client_ip if ctx else 'unknown'}"
+        state = await self._limiter.hit(window, limit=FAILURES_PER_IP, window=FAILURE_WINDOW)
+        if not state.allowed or state.event is None:
+            raise TooManyRequests(int(state.reset_after) + 1)
         match = _KEY.fullmatch(presented)
         if match is None:
             raise TokenInvalid()
         now = self._clock.now()
         async with self._db.transaction() as session:
             key = await session.scalar(select(ApiKey).where(ApiKey.prefix == match.group(1)))
+            clinic_active = key is not None and bool(
+                await session.scalar(select(Clinic.is_active).where(Clinic.id == key.clinic_id))
+            )
             valid = (
                 key is not None
+                and clinic_active
                 and self._hasher.matches(presented, key.secret_hash)
                 and key.revoked_at is None
                 and (key.expires_at is None or key.expires_at > now)
@@ -161,6 +193,7 @@ class ApiKeyService:
                 )
             )
             raise TokenInvalid()
+        await self._limiter.release(window, state.event)
         return Principal(
             user_id=key.id,
             role=Role.INTEGRATION,

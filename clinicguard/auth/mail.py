@@ -16,6 +16,7 @@ from clinicguard.auth.interfaces import Mail, MailSender, MailUnavailable
 from clinicguard.core.logging import get_logger
 
 log = get_logger("clinicguard.mail")
+DRAIN_SECONDS = 5.0
 
 
 def _message(mail: Mail, sender: str) -> EmailMessage:
@@ -47,7 +48,10 @@ class FileMailSender:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
 
-        await asyncio.to_thread(write)
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise MailUnavailable(type(exc).__name__) from exc
 
 
 class SmtpMailSender:
@@ -81,6 +85,52 @@ class SmtpMailSender:
             await asyncio.to_thread(self._deliver, _message(mail, self._sender))
         except (smtplib.SMTPException, OSError) as exc:
             raise MailUnavailable(type(exc).__name__) from exc
+
+
+class QueuedMailSender:
+    """Mail leaves after the request has answered: a bounded queue and one worker in front
+    of a slow relay, so neither a relay's latency nor whether a message was sent at all
+    (mail goes only to existing accounts) shows in response times. Without a running
+    worker (CLI processes) a message is sent at once."""
+
+    def __init__(self, sender: MailSender, *, capacity: int = 1000) -> None:
+        self._sender = sender
+        self._queue: asyncio.Queue[Mail] = asyncio.Queue(maxsize=capacity)
+        self._worker: asyncio.Task[None] | None = None
+
+    async def send(self, mail: Mail) -> None:
+        if self._worker is None:
+            await self._sender.send(mail)
+            return
+        try:
+            self._queue.put_nowait(mail)
+        except asyncio.QueueFull:
+            log.error("mail_queue_full", subject=mail.subject)
+
+    async def _run(self) -> None:
+        while True:
+            mail = await self._queue.get()
+            try:
+                await self._sender.send(mail)
+            except MailUnavailable as exc:
+                log.warning("mail_not_sent", subject=mail.subject, reason=str(exc))
+            finally:
+                self._queue.task_done()
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Deliver what is queued (for a few seconds at most), then stop the worker."""
+        if self._worker is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), DRAIN_SECONDS)
+        except TimeoutError:
+            log.error("mail_queue_not_drained", pending=self._queue.qsize())
+        self._worker.cancel()
+        self._worker = None
 
 
 _NOTICES: dict[str, tuple[str, str]] = {
@@ -153,13 +203,15 @@ def create_mail_sender(
     timeout: float,
 ) -> MailSender:
     if backend == "smtp":
-        return SmtpMailSender(
-            host,
-            port,
-            sender,
-            username=username,
-            password=password,
-            starttls=starttls,
-            timeout=timeout,
+        return QueuedMailSender(
+            SmtpMailSender(
+                host,
+                port,
+                sender,
+                username=username,
+                password=password,
+                starttls=starttls,
+                timeout=timeout,
+            )
         )
     return FileMailSender(directory, sender)

@@ -25,9 +25,15 @@ from clinicguard.crypto.secretbox import sha1_hex
 
 MAX_PASSWORD_BYTES = 1024
 """Anything longer is refused before any hashing or analysis (a cheap denial of service)."""
-_SPECIAL = re.compile(r"[^A-Za-z0-9\s]")
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "breached-sha1.txt"
-_TIGHTEN_KEYS = ("min_length", "min_strength", "history", "expiry_days")
+#: The bounds a clinic override must stay within (an override outside them is ignored, so a
+#: clinic can neither loosen the policy nor make it impossible to satisfy).
+_TIGHTEN_BOUNDS = {
+    "min_length": (1, 128),
+    "min_strength": (0, 4),
+    "history": (0, 24),
+    "expiry_days": (1, 3650),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +53,18 @@ class PasswordPolicy:
         if not overrides:
             return self
         changes: dict[str, Any] = {}
-        for name in _TIGHTEN_KEYS:
+        for name, (low, high) in _TIGHTEN_BOUNDS.items():
             value = overrides.get(name)
-            if not isinstance(value, int) or isinstance(value, bool):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 continue
             current = getattr(self, name)
             if name == "expiry_days":
-                # 0 means "never expires": a positive value is stricter than 0.
-                stricter = value if current == 0 else min(current, value) if value > 0 else current
+                # 0 means "never expires": any (positive) period is stricter than that.
+                changes[name] = value if current == 0 else min(current, value)
+            elif name == "min_length":
+                changes[name] = min(max(current, value), self.max_length)
             else:
-                stricter = max(current, value)
-            changes[name] = stricter
+                changes[name] = max(current, value)
         return replace(self, **changes)
 
     def combined(self, clinic_overrides: Iterable[Mapping[str, Any] | None]) -> PasswordPolicy:
@@ -96,13 +103,22 @@ def rule_violations(password: str, policy: PasswordPolicy, personal: Sequence[st
         reasons.append("Must contain a lower-case letter.")
     if policy.require_digit and not any(c.isdigit() for c in password):
         reasons.append("Must contain a digit.")
-    if policy.require_special and not _SPECIAL.search(password):
+    # A special character is neither a letter nor a digit in any script (an accented letter
+    # is a letter) nor white space.
+    if policy.require_special and not any(not c.isalnum() and not c.isspace() for c in password):
         reasons.append("Must contain a special character.")
     folded = _fold(password)
     if any(word in folded for word in personal):
         reasons.append("Must not contain your name, email or clinic name.")
-    result = zxcvbn(password[:128], user_inputs=list(personal))
-    if int(result["score"]) < policy.min_strength:
+    # Scored as typed and with accents removed: "Pássword1234" is as guessable as
+    # "Password1234", and the weaker of the two scores counts.
+    plain = unicodedata.normalize("NFKD", password).encode("ascii", "ignore").decode()
+    score = min(
+        int(zxcvbn(candidate[:128], user_inputs=list(personal))["score"])
+        for candidate in {password, plain}
+        if candidate
+    )
+    if score < policy.min_strength:
         reasons.append("Is too easy to guess; use a longer passphrase.")
     return reasons
 

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from clinicguard.auth.policy import MAX_PASSWORD_BYTES
-from clinicguard.core.schemas import StrictModel
+from clinicguard.core.schemas import PlainText, StrictModel
 
 
 def _bounded_password(value: str) -> str:
@@ -22,7 +22,7 @@ def _bounded_password(value: str) -> str:
 Password = Annotated[
     str, Field(min_length=1, max_length=MAX_PASSWORD_BYTES), AfterValidator(_bounded_password)
 ]
-Email = Annotated[str, Field(min_length=3, max_length=254)]
+Email = Annotated[PlainText, Field(min_length=3, max_length=254)]
 Token = Annotated[str, Field(min_length=1, max_length=4096)]
 DeviceToken = Annotated[str, Field(min_length=1, max_length=128)]
 Code = Annotated[str, Field(min_length=1, max_length=32)]
@@ -127,11 +127,12 @@ class ConsoleSignedIn(BaseModel):
 
 
 class ApiKeyCreate(StrictModel):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[PlainText, Field(min_length=1, max_length=100)]
     scopes: Annotated[
         list[Annotated[str, Field(max_length=64)]], Field(min_length=1, max_length=32)
     ]
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
+    """With a time zone offset; at most two years ahead."""
 
 
 class ApiKeyOut(BaseModel):

@@ -54,7 +54,7 @@ from clinicguard.auth.policy import PasswordPolicy, check_password, personal_wor
 from clinicguard.auth.sessions import DeviceTrust, Session, SessionStore, refresh_key
 from clinicguard.auth.tokens import TokenPurpose, TokenService
 from clinicguard.core.clock import Clock
-from clinicguard.core.errors import NotFound, TooManyRequests
+from clinicguard.core.errors import Forbidden, NotFound, TooManyRequests
 from clinicguard.core.events import (
     Outcome,
     SecurityEvent,
@@ -360,6 +360,10 @@ class AuthService:
     async def verify_mfa(self, mfa_token: str, code: str, client: Client) -> SignedIn:
         claims = await self._tokens.verify(mfa_token, TokenPurpose.MFA)
         user_id = uuid.UUID(claims["sub"])
+        if bool(claims.get("con")) != client.console:
+            # A console challenge is finished on the console and a token one by token
+            # clients, before anything is checked or created.
+            raise Forbidden("This challenge belongs to the other kind of sign-in.")
         identity = await self._identity(user_id=user_id)
         if identity is None or not identity.user.is_active or not identity.user.mfa_enabled:
             raise TokenInvalid()
@@ -374,10 +378,9 @@ class AuthService:
             raise TokenInvalid()
         device = await self._devices.lookup(client.device_token)
         known = device is not None and device.user_id == str(user_id) and device.mfa
-        console_client = replace(client, console=bool(claims.get("con")))
         return await self._sign_in(
             identity,
-            console_client,
+            client,
             mfa_level=1,
             password_change=claims.get("pcr") or None,
             known_device=known,
@@ -686,6 +689,16 @@ class AuthService:
         claims = await self._tokens.verify(token, TokenPurpose.ACCESS)
         session = await self._sessions.touch(claims["sub"], str(claims["sid"]))
         if session is None or (claims.get("cid") or None) != session.c:
+            # A correctly signed token whose session has ended: someone still holds a token
+            # after logout or revocation (only we can sign, so this cannot be flooded).
+            await self._event(
+                E.AUTH_TOKEN_REJECTED,
+                Outcome.DENIED,
+                severity=Severity.MEDIUM,
+                user_id=uuid.UUID(claims["sub"]),
+                session_id=str(claims["sid"]),
+                reason="session_ended",
+            )
             raise TokenInvalid()
         return self._principal(session, "token")
 
@@ -700,8 +713,13 @@ class AuthService:
             uuid.UUID(user_id)
         except ValueError as exc:
             raise TokenInvalid() from exc
-        session = await self._sessions.touch(user_id, sid)
+        # Read, check the cookie's secret, and only then restart the idle timeout: a forged
+        # cookie naming a real session id must not keep that session alive.
+        session = await self._sessions.get(user_id, sid)
         if session is None or not self._sessions.cookie_matches(session, secret):
+            raise TokenInvalid()
+        session = await self._sessions.touch(user_id, sid)
+        if session is None:
             raise TokenInvalid()
         if unsafe_method and not (csrf_token and self._sessions.csrf_matches(session, csrf_token)):
             await self._event(

@@ -155,9 +155,21 @@ class SigningKeyRing:
     async def signing_key(self, purpose: TokenPurpose) -> _Key:
         await self._fresh()
         if purpose not in self._active:
+            # No key of the configured algorithm yet (first start, or the algorithm was
+            # changed): keys of another algorithm retire rather than wait to be revived.
+            await self._retire_active(purpose)
             await self._create(purpose)
             await self._fresh(force=True)
         return self._active[purpose]
+
+    async def _retire_active(self, purpose: TokenPurpose) -> None:
+        now = self._clock.now()
+        async with self._db.transaction() as session:
+            await session.execute(
+                update(SigningKey)
+                .where(SigningKey.purpose == str(purpose), SigningKey.retired_at.is_(None))
+                .values(retired_at=now, verify_until=now + self._verify_window(purpose))
+            )
 
     async def verification_key(self, kid: str) -> _Key | None:
         await self._fresh()
@@ -176,18 +188,28 @@ class SigningKeyRing:
     async def rotate(self) -> list[str]:
         """A new signing key for every purpose; the previous ones retire (they verify until
         the last token they can have signed has expired)."""
-        now = self._clock.now()
         new: list[str] = []
         for purpose in TokenPurpose:
-            async with self._db.transaction() as session:
-                await session.execute(
-                    update(SigningKey)
-                    .where(SigningKey.purpose == str(purpose), SigningKey.retired_at.is_(None))
-                    .values(retired_at=now, verify_until=now + self._verify_window(purpose))
-                )
+            await self._retire_active(purpose)
             new.append(await self._create(purpose))
         await self._fresh(force=True)
         return new
+
+    async def revoke(self, kid: str) -> bool:
+        """Stop a key verifying now (a leaked key): every token it signed dies at once on
+        this instance, and on the others within the key cache period. The purpose gets a
+        new signing key. False when no such key exists."""
+        now = self._clock.now()
+        async with self._db.transaction() as session:
+            row = await session.get(SigningKey, kid)
+            if row is None:
+                return False
+            row.retired_at = row.retired_at or now
+            row.verify_until = now
+            purpose = TokenPurpose(row.purpose)
+        await self._fresh(force=True)
+        await self.signing_key(purpose)
+        return True
 
     async def jwks(self) -> list[dict[str, Any]]:
         """Public keys of every key that still verifies (all purposes)."""

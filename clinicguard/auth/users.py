@@ -49,7 +49,12 @@ async def create_user(
         session.add(user)
         await session.flush()
         if not platform:
-            cid = uuid.UUID(str(clinic_id))
+            try:
+                cid = uuid.UUID(str(clinic_id))
+            except ValueError as exc:
+                raise ValidationFailed(
+                    errors=[FieldError("clinic", "Not a clinic id (UUID).")]
+                ) from exc
             if await session.get(Clinic, cid) is None:
                 raise NotFound("No such clinic.")
             session.add(ClinicMembership(clinic_id=cid, user_id=user.id, role=str(role_value)))

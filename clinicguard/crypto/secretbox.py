@@ -74,6 +74,17 @@ class Hasher:
     def __init__(self, master_key: bytes, purpose: str) -> None:
         self._key = derive_key(master_key, f"hmac:{purpose}")
 
+    @classmethod
+    def from_secret(cls, secret: str, purpose: str) -> Hasher:
+        """Keyed by the application secret (CLINICGUARD_SECRET_KEY) instead of the master
+        key: for short-lived state (sessions, device trust, login counters) that may be
+        invalidated by rotating that secret without touching stored data."""
+        hasher = cls.__new__(cls)
+        hasher._key = HKDF(
+            algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=f"hmac:{purpose}".encode()
+        ).derive(secret.encode())
+        return hasher
+
     def digest(self, value: str | bytes) -> bytes:
         data = value.encode() if isinstance(value, str) else value
         return hmac.new(self._key, data, hashlib.sha256).digest()

@@ -153,11 +153,6 @@ async def test_rotate_signing_prints_new_kids_and_old_tokens_keep_working(
     assert active & listed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: auth/users.py:52 uuid.UUID(clinic_id) raises ValueError on a malformed "
-    "--clinic, which cli.py _run_with_services does not catch: the operator gets a traceback",
-)
 async def test_users_create_with_a_malformed_clinic_id_fails_cleanly(world: AuthWorld) -> None:
     """A malformed --clinic exits non-zero with a message, no traceback, and no account."""
     email = "malformed.clinic@clinica.example.com"

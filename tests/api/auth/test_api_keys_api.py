@@ -299,11 +299,6 @@ async def test_invalid_scopes_are_422(keys_world: AuthWorld, scopes: list[str]) 
         assert list((await session.scalars(select(ApiKey))).all()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: apikeys.py ApiKeyService.authenticate never checks clinics.is_active, so a "
-    "deactivated clinic's API keys keep working while its people can no longer sign in",
-)
 async def test_keys_of_a_deactivated_clinic_stop_working(keys_world: AuthWorld) -> None:
     """A clinic that is switched off loses its integrations, as its people lose sign-in."""
     world = keys_world
@@ -322,11 +317,6 @@ async def test_keys_of_a_deactivated_clinic_stop_working(keys_world: AuthWorld) 
     assert (await call_probe(world, bearer(key))).status_code == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: apikeys.py:66 compares a naive expires_at (no UTC offset in the body) with the "
-    "aware clock: TypeError, answered 500 instead of 422",
-)
 async def test_expiry_without_a_utc_offset_is_422(keys_world: AuthWorld) -> None:
     """An expires_at without a time-zone offset is a 422 problem, never a 500."""
     world = keys_world
@@ -336,12 +326,6 @@ async def test_expiry_without_a_utc_offset_is_422(keys_world: AuthWorld) -> None
     assert response.status_code == 422
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: apikeys.py create() puts no upper bound on expires_at; a value that overflows "
-    "when converted to UTC (9999-12-31T23:59:59-12:00) raises OverflowError while storing, "
-    "answered 500 instead of 422",
-)
 async def test_expiry_beyond_the_representable_range_is_422(keys_world: AuthWorld) -> None:
     """An expires_at that cannot be represented in UTC is a 422 problem, never a 500."""
     world = keys_world

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from clinicguard.audit.models import SecurityEventRecord
@@ -258,12 +257,6 @@ async def test_token_challenge_cannot_finish_as_console_sign_in(world: AuthWorld
     assert "csrf_token" not in response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service.py authenticate_cookie calls SessionStore.touch (GETEX restarting the "
-    "idle timeout, and a last-seen write) before checking the cookie secret, so a forged "
-    "cookie naming a session id keeps that session alive and rewrites its last-seen time",
-)
 async def test_forged_cookie_does_not_touch_the_session(world: AuthWorld) -> None:
     """A request with a wrong cookie secret changes nothing about the session it names."""
     person = await staff(world, Role.RECEPTIONIST)
@@ -283,13 +276,6 @@ async def test_forged_cookie_does_not_touch_the_session(world: AuthWorld) -> Non
     assert after["last_seen_at"] == before["last_seen_at"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service.py verify_mfa calls _sign_in (creating the session, recording "
-    "auth:login:success and mailing 'new sign-in') before api.py refuses a challenge that "
-    "belongs to the other kind of sign-in with 403, leaving an orphan session that counts "
-    "toward the per-user limit",
-)
 async def test_refused_cross_challenge_creates_no_session(world: AuthWorld) -> None:
     """A challenge refused with 403 at the wrong endpoint leaves no session and no success."""
     person = await staff(world, Role.PHYSICIAN)

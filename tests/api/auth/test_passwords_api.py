@@ -16,9 +16,7 @@ from typing import Any
 import argon2
 import bcrypt
 import httpx
-import pytest
 from sqlalchemy import select
-from structlog.testing import capture_logs
 
 from clinicguard.audit.models import SecurityEventRecord
 from clinicguard.auth.models import User
@@ -134,11 +132,6 @@ async def test_weak_new_password_names_every_broken_rule(world: AuthWorld) -> No
     assert (await sign_in(world, person)).status_code == 200, "the password is unchanged"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: policy.py counts accented letters as special characters and scores the "
-    "accented text with zxcvbn, so 'Pássword1234' (Password1234 plus an accent) passes",
-)
 async def test_an_accent_does_not_make_a_guessable_password_acceptable(world: AuthWorld) -> None:
     """'Pássword1234' is as guessable as 'Password1234' and has no special character."""
     person = await receptionist(world)
@@ -483,19 +476,16 @@ async def test_clinic_expiry_override_applies_to_its_members_only(world: AuthWor
     assert (await world.login(outsider))["password_change_reason"] is None
 
 
-async def test_forgot_with_a_nul_byte_is_still_202(
-    world: AuthWorld, request: pytest.FixtureRequest
-) -> None:
-    """An email with a NUL byte gets the same 202 as any other, never a 500."""
-    if world.services.settings.database_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: service.py forgot_password passes the email to a PostgreSQL query; "
-                "asyncpg refuses NUL (invalid byte sequence for encoding UTF8: 0x00), a DBAPIError "
-                "that is answered 500 (login has the same path)",
-            )
-        )
-    with capture_logs():
-        response = await forgot(world, "a\u0000b@clinica.example.com")
-    assert response.status_code == 202
+async def test_an_email_with_a_control_character_is_a_422_never_a_500(world: AuthWorld) -> None:
+    """A NUL byte (which PostgreSQL refuses outright) or another control character in an
+    email is a validation error naming the field, on forgot and on login alike; the answer
+    is the same whether or not such an account could exist."""
+    for path, extra in (
+        ("/api/v1/auth/password/forgot", {}),
+        ("/api/v1/auth/login", {"password": "whatever-1A!"}),
+    ):
+        for address in ("a\u0000b@clinica.example.com", "a\u001bb@clinica.example.com"):
+            response = await world.client.post(path, json={"email": address, **extra})
+            assert response.status_code == 422, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert [e["field"] for e in response.json()["errors"]] == ["body.email"]

@@ -19,6 +19,7 @@ STRONG = {
     "migration_database_url": "postgresql+asyncpg://clinicguard_owner@db/clinicguard",
     "redis_url": "redis://cache:6379/0",
     "mail_backend": "smtp",
+    "public_base_url": "https://clinicas.example.com.br",
 }
 
 
@@ -48,11 +49,12 @@ def test_every_problem_is_named_at_once(tmp_path: Path) -> None:
         "DEBUG",
         "SQLite",
         "REDIS_URL",
+        "PUBLIC_BASE_URL",
         "MAIL_BACKEND",
         "CORS",
     ):
         assert fragment in text, fragment
-    assert len(problems) == 7
+    assert len(problems) == 8
 
 
 @pytest.mark.parametrize("secret", ["", "secret", "changeme", "dev", "short-but-not-default"])
