@@ -215,6 +215,17 @@ class AuthService:
             identity.clinic_id, identity.role = active[0].clinic_id, active[0].role
         return identity
 
+    async def _identity_of(self, principal: Principal) -> _Identity:
+        """The signed-in person's identity (TokenInvalid when the account is gone)."""
+        identity = await self._identity(user_id=principal.user_id)
+        if identity is None:
+            raise TokenInvalid()
+        return identity
+
+    def _when(self) -> str:
+        """Now, as security notices print it (UTC)."""
+        return f"{self._clock.now():%Y-%m-%d %H:%M}"
+
     def _policy(self, identity: _Identity) -> PasswordPolicy:
         return self._config.policy.combined(identity.clinic_policies)
 
@@ -450,7 +461,7 @@ class AuthService:
                 user.email,
                 "backup_code_used",
                 remaining=remaining,
-                when=f"{self._clock.now():%Y-%m-%d %H:%M}",
+                when=self._when(),
             )
             return
         await self._event(
@@ -548,7 +559,7 @@ class AuthService:
                 "new_device",
                 device=device,
                 ip=client.ip,
-                when=f"{self._clock.now():%Y-%m-%d %H:%M}",
+                when=self._when(),
             )
         if client.console:
             return SignedIn(
@@ -856,9 +867,7 @@ class AuthService:
             user.password_hash = new_hash
 
     async def change_password(self, principal: Principal, current: str, new: str) -> None:
-        identity = await self._identity(user_id=principal.user_id)
-        if identity is None:
-            raise TokenInvalid()
+        identity = await self._identity_of(principal)
         state = await self._limiter.hit(f"pwchange:{principal.user_id}", limit=5, window=900)
         if not state.allowed:
             raise TooManyRequests(int(state.reset_after) + 1)
@@ -890,9 +899,7 @@ class AuthService:
             clinic_id=principal.clinic_id,
             other_sessions_ended=len(ended),
         )
-        await self._notifier.notify(
-            identity.user.email, "password_changed", when=f"{self._clock.now():%Y-%m-%d %H:%M}"
-        )
+        await self._notifier.notify(identity.user.email, "password_changed", when=self._when())
 
     async def forgot_password(self, email: str, ip: str) -> None:
         """Always succeeds from the caller's point of view (202): nothing says whether the
@@ -966,9 +973,7 @@ class AuthService:
             clinic_id=identity.clinic_id,
             sessions_ended=len(ended),
         )
-        await self._notifier.notify(
-            identity.user.email, "password_changed", when=f"{self._clock.now():%Y-%m-%d %H:%M}"
-        )
+        await self._notifier.notify(identity.user.email, "password_changed", when=self._when())
 
     # --- MFA management --------------------------------------------------------------------
 
@@ -976,9 +981,7 @@ class AuthService:
         return f"cg:{{u:{user_id}}}:totp-pending"
 
     async def totp_setup(self, principal: Principal) -> TotpSetup:
-        identity = await self._identity(user_id=principal.user_id)
-        if identity is None:
-            raise TokenInvalid()
+        identity = await self._identity_of(principal)
         if identity.user.mfa_enabled:
             raise MfaAlreadyEnabled()
         seed = new_seed()
@@ -989,9 +992,7 @@ class AuthService:
         return TotpSetup(secret=seed, otpauth_uri=uri, qr_svg=qr_svg(uri))
 
     async def totp_enable(self, principal: Principal, code: str) -> list[str]:
-        identity = await self._identity(user_id=principal.user_id)
-        if identity is None:
-            raise TokenInvalid()
+        identity = await self._identity_of(principal)
         if identity.user.mfa_enabled:
             raise MfaAlreadyEnabled()
         sealed = await self._kv.get(self._pending_key(principal.user_id))
@@ -1032,9 +1033,7 @@ class AuthService:
             user_id=principal.user_id,
             clinic_id=principal.clinic_id,
         )
-        await self._notifier.notify(
-            identity.user.email, "mfa_enabled", when=f"{self._clock.now():%Y-%m-%d %H:%M}"
-        )
+        await self._notifier.notify(identity.user.email, "mfa_enabled", when=self._when())
         return codes
 
     async def _replace_backup_codes(
@@ -1063,10 +1062,8 @@ class AuthService:
     async def step_up(self, principal: Principal, password: str, code: str) -> int:
         """Confirm password and second factor now; sensitive MFA changes are allowed for
         the next minutes (returns the seconds granted)."""
-        identity = await self._identity(user_id=principal.user_id)
+        identity = await self._identity_of(principal)
         session = await self._session_of(principal)
-        if identity is None:
-            raise TokenInvalid()
         if not identity.user.mfa_enabled:
             raise MfaNotEnrolled()
         if not await self._passwords.verify(identity.user.password_hash, password):
@@ -1101,9 +1098,7 @@ class AuthService:
         session = await self._session_of(principal)
         if session.su <= self._clock.now().timestamp():
             raise StepUpRequired()
-        identity = await self._identity(user_id=principal.user_id)
-        if identity is None:
-            raise TokenInvalid()
+        identity = await self._identity_of(principal)
         if not identity.user.mfa_enabled:
             raise MfaNotEnrolled()
         return identity
@@ -1130,9 +1125,7 @@ class AuthService:
             user_id=principal.user_id,
             clinic_id=principal.clinic_id,
         )
-        await self._notifier.notify(
-            identity.user.email, "mfa_disabled", when=f"{self._clock.now():%Y-%m-%d %H:%M}"
-        )
+        await self._notifier.notify(identity.user.email, "mfa_disabled", when=self._when())
 
     async def regenerate_backup_codes(self, principal: Principal) -> list[str]:
         await self._require_step_up(principal)
