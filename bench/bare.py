@@ -18,7 +18,10 @@ Endpoints (each scenario in :mod:`bench.scenarios` names the one it compares aga
 - ``GET /readyz`` — ``SELECT 1`` in a transaction and a Redis ``PING``, concurrently, each
   bounded by the same probe timeout as clinicguard's readiness probe;
 - ``GET /records/{id}`` — a primary-key SELECT plus an INSERT in one transaction: the shape
-  of a clinicguard read that writes its audit event in the same transaction.
+  of a clinicguard read that writes its audit event in the same transaction;
+- ``GET /users/{id}`` — a primary-key SELECT of a row shaped like clinicguard's users row (every
+  column, as the ORM loads it) in one transaction, answered in the shape of
+  ``GET /api/v1/me``: clinicguard's ``/me`` without authenticating the caller.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ SELECT_RECORD = text(
     "SELECT id, clinic_id, full_name, birth_date, phone, email, notes, created_at"
     " FROM bench.records WHERE id = :id"
 )
+SELECT_USER = text(
+    "SELECT id, email, full_name, password_hash, password_changed_at, is_platform_admin,"
+    " is_active, professional_license, mfa_enabled, totp_secret_sealed, must_change_password,"
+    " last_login_at, created_at, updated_at FROM bench.users WHERE id = :id"
+)
+"""Every column, as clinicguard's ``session.get(User, id)`` selects them."""
 INSERT_EVENT = text(
     "INSERT INTO bench.events (id, occurred_at, record_id, clinic_id, actor, action)"
     " VALUES (:id, now(), :record_id, :clinic_id, :actor, :action)"
@@ -78,6 +87,23 @@ class Record(BaseModel):
     email: str
     notes: str
     created_at: datetime
+
+
+class Me(BaseModel):
+    """The fields of clinicguard's ``MeOut`` (role, clinic and scopes come from the session
+    there; here they are constants, since nobody signed in)."""
+
+    id: uuid.UUID
+    email: str
+    full_name: str
+    role: str
+    clinic_id: uuid.UUID | None
+    mfa_enabled: bool
+    scopes: list[str]
+
+
+BENCH_CLINIC_ID = uuid.UUID(int=0x00BE_0C11)
+"""The clinic the bare ``/users/{id}`` answers with (clinicguard's comes from the session)."""
 
 
 def create_app() -> FastAPI:
@@ -147,5 +173,21 @@ def create_app() -> FastAPI:
                 },
             )
         return Record.model_validate(dict(row))
+
+    @app.get("/users/{user_id}", response_model=Me)
+    async def read_user(user_id: uuid.UUID) -> Me:
+        async with sessions() as session, session.begin():
+            row = (await session.execute(SELECT_USER, {"id": user_id})).mappings().first()
+        if row is None:
+            raise HTTPException(status_code=404)
+        return Me(
+            id=row["id"],
+            email=row["email"],
+            full_name=row["full_name"],
+            role="physician",
+            clinic_id=BENCH_CLINIC_ID,
+            mfa_enabled=row["mfa_enabled"],
+            scopes=["full"],
+        )
 
     return app

@@ -102,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     PostgreSQL, Redis or a server could not be used."""
     args = build_parser().parse_args(argv)
     if args.list:
+        width = max(map(len, SCENARIOS))
         for scenario in SCENARIOS.values():
-            print(f"{scenario.name:10}  {scenario.description}")
+            print(f"{scenario.name:{width}}  {scenario.description}")
         return 0
     options = RunOptions(
         scenarios=[SCENARIOS[name] for name in dict.fromkeys(args.scenario or SCENARIOS)],

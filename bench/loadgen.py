@@ -107,7 +107,7 @@ class LoadResult:
         return cls(**json.loads(text))
 
 
-def _bucket_us(latency_ns: int) -> int:
+def bucket_us(latency_ns: int) -> int:
     """The latency in microseconds, rounded to three significant figures."""
     micros = max(1, latency_ns // 1000)
     scale = int(10 ** max(0, len(str(micros)) - 3))
@@ -424,7 +424,7 @@ async def run_load(spec: LoadSpec, select: Selector | None = None) -> LoadResult
 
 
 def _summarise(window: _Window, elapsed: float, cpu_seconds: float) -> LoadResult:
-    histogram = Counter(map(_bucket_us, window.latencies_ns))
+    histogram = Counter(map(bucket_us, window.latencies_ns))
     ok = sum(n for status, n in window.statuses.items() if 200 <= status < 300)
     answered = len(window.latencies_ns)
     return LoadResult(

@@ -1,8 +1,9 @@
-"""What a run measured: rounds, their merge per target, and the ratio per scenario.
+"""What a run measured: rounds, their merge per side, and the ratio per scenario.
 
-Each target is measured in several rounds, alternating with the other target of its
-scenario, so that both sides see the same background noise of a shared machine; a
-target's figures merge its rounds (requests and time summed, latency histograms added).
+Each side (usually a target: clinicguard or bare) is measured in several rounds,
+alternating with the other sides of its scenario, so that all see the same background
+noise of a shared machine; a side's figures merge its rounds (requests and time summed,
+latency histograms added).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.loadgen import LoadResult, latency_summary
-from bench.scenarios import Scenario, Target
+from bench.scenarios import Findings, Scenario, Target
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,18 @@ class Round:
     """All cores, every process (other sessions' too), over the measured window."""
     connections_per_worker: list[int] | None
     """The generator's connections each worker held as the window opened."""
+    background: dict[str, Any] | None = None
+    """What the side's background task (if any) reported for this round."""
 
 
 @dataclass
 class Measurement:
-    """One target of one scenario, over all its rounds."""
+    """One side of one scenario, over all its rounds."""
 
     target: Target
+    """The server it loaded."""
+    label: str
+    """The side's name (``clinicguard``, ``bare``, or a scenario's own, e.g. ``storm``)."""
     rounds: list[Round] = field(default_factory=list)
     error: str | None = None
 
@@ -77,6 +83,7 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": str(self.target),
+            "side": self.label,
             "error": self.error,
             "requests": self.requests,
             "rps": round(self.rps, 1),
@@ -91,32 +98,47 @@ class Measurement:
 class ScenarioResult:
     scenario: Scenario
     measurements: list[Measurement]
+    findings: Findings | None = None
+    """The scenario's own figures (``Scenario.figures``), once computed."""
+    findings_error: str | None = None
+
+    def side(self, label: str) -> Measurement | None:
+        return next((m for m in self.measurements if m.label == label), None)
 
     def get(self, target: Target) -> Measurement | None:
+        """The first side that loaded ``target``."""
         return next((m for m in self.measurements if m.target is target), None)
 
     def ratios(self) -> dict[str, float] | None:
-        """clinicguard over bare: throughput (below 1 is slower), latencies and CPU per
-        request (above 1 is slower); None unless both sides were measured."""
-        cg, bare = self.get(Target.CLINICGUARD), self.get(Target.BARE)
-        if cg is None or bare is None or not cg.requests or not bare.requests:
+        """The scenario's ``compare`` pair, first over second (clinicguard over bare unless
+        it says otherwise): throughput (below 1 is slower), latencies and CPU per request
+        (above 1 is slower); None unless both sides were measured."""
+        first, second = (self.side(label) for label in self.scenario.compare)
+        if first is None or second is None or not first.requests or not second.requests:
             return None
-        cg_latency, bare_latency = cg.latency_ms(), bare.latency_ms()
+        first_latency, second_latency = first.latency_ms(), second.latency_ms()
         pairs = {
-            "throughput": (cg.rps, bare.rps),
-            "p50": (cg_latency["p50"], bare_latency["p50"]),
-            "p99": (cg_latency["p99"], bare_latency["p99"]),
+            "throughput": (first.rps, second.rps),
+            "p50": (first_latency["p50"], second_latency["p50"]),
+            "p99": (first_latency["p99"], second_latency["p99"]),
             "server_cpu_per_request": (
-                cg.server_cpu_us_per_request,
-                bare.server_cpu_us_per_request,
+                first.server_cpu_us_per_request,
+                second.server_cpu_us_per_request,
             ),
         }
         return {name: round(a / b, 3) for name, (a, b) in pairs.items() if a and b}
 
     def as_dict(self) -> dict[str, Any]:
+        ratios = self.ratios()
+        first, second = self.scenario.compare
         return {
             "name": self.scenario.name,
             "description": self.scenario.description,
             "measurements": [m.as_dict() for m in self.measurements],
-            "ratio_clinicguard_over_bare": self.ratios(),
+            "ratio_clinicguard_over_bare": ratios
+            if self.scenario.compare == ("clinicguard", "bare")
+            else None,
+            "ratio": None if ratios is None else {"of": f"{first} / {second}", **ratios},
+            "figures": None if self.findings is None else self.findings.values,
+            "figures_error": self.findings_error,
         }

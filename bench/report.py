@@ -26,11 +26,11 @@ _RIGHT_ALIGNED = frozenset(_COLUMNS[2:])
 
 def _row(scenario: str, m: Measurement) -> tuple[str, ...]:
     if not m.rounds:
-        return (scenario, str(m.target), "failed", "", "", "", "", "")
+        return (scenario, m.label, "failed", "", "", "", "", "")
     cpu, spread, latency = m.server_cpu_us_per_request, m.connections_per_worker, m.latency_ms()
     return (
         scenario,
-        str(m.target),
+        m.label,
         f"{m.rps:,.0f}",
         f"{latency['p50']:.2f}",
         f"{latency['p99']:.2f}",
@@ -43,20 +43,21 @@ def _row(scenario: str, m: Measurement) -> tuple[str, ...]:
 def _ratio_line(result: ScenarioResult) -> str:
     ratios = result.ratios()
     if ratios is None:
-        if result.scenario.clinicguard is None:
+        if len(result.scenario.measured_sides()) == 1:
             return "  reference only (no clinicguard side): later scenarios compare with it"
         return "  ratio: n/a (a side failed)"
     parts = [f"throughput {ratios['throughput']:.2f}x"] if "throughput" in ratios else []
     parts += [f"{k} {ratios[k]:.2f}x" for k in ("p50", "p99") if k in ratios]
     if "server_cpu_per_request" in ratios:
         parts.append(f"cpu/req {ratios['server_cpu_per_request']:.2f}x")
-    return "  clinicguard / bare: " + ", ".join(parts)
+    first, second = result.scenario.compare
+    return f"  {first} / {second}: " + ", ".join(parts)
 
 
 def format_table(results: Sequence[ScenarioResult]) -> str:
-    """Scenario, target, throughput, p50/p99 latency, errors (non-2xx and failed requests),
+    """Scenario, side, throughput, p50/p99 latency, errors (non-2xx and failed requests),
     server CPU per request and the connections each worker held, with the clinicguard/bare
-    ratio under each scenario."""
+    ratio (or the scenario's own pair) and the scenario's own figures under each scenario."""
     blocks: list[list[tuple[str, ...]]] = [
         [_row(r.scenario.name, m) for m in r.measurements] for r in results
     ]
@@ -75,10 +76,15 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
     for result, block in zip(results, blocks, strict=True):
         out += [line(row) for row in block]
         out.append(_ratio_line(result))
-        out += [f"  {m.target} failed: {m.error}" for m in result.measurements if m.error]
+        if result.findings is not None:
+            out += result.findings.lines
+        if result.findings_error:
+            out.append(f"  figures failed: {result.findings_error}")
+        out += [f"  {m.label} failed: {m.error}" for m in result.measurements if m.error]
     out.append(
-        "throughput ratio below 1 and latency/cpu ratios above 1 mean clinicguard is slower;"
-        " cpu µs/req is the server's processes only (not PostgreSQL, Redis or the load generator)"
+        "throughput ratio below 1 and latency/cpu ratios above 1 mean clinicguard (or the first"
+        " side named) is slower; cpu µs/req is the server's processes only (not PostgreSQL,"
+        " Redis or the load generator)"
     )
     return "\n".join(out)
 

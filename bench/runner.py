@@ -24,7 +24,15 @@ from bench import procfs, services
 from bench.bare import DB_POOL_SIZE
 from bench.loadgen import LoadResult, LoadSpec
 from bench.measurement import Measurement, Round, ScenarioResult
-from bench.scenarios import BenchContext, Endpoint, HttpRequest, Scenario, Target
+from bench.scenarios import (
+    Background,
+    BenchContext,
+    HttpRequest,
+    LoadWindow,
+    Scenario,
+    Side,
+    Target,
+)
 from bench.servers import PROJECT_ROOT, Server, run_clinicguard, start_bare, start_clinicguard
 
 SETUP_TIMEOUT_SECONDS = 60.0
@@ -37,6 +45,16 @@ CONNECTION_HEADROOM = 10
 LOADGEN_SLACK_SECONDS = 30.0
 """How much longer than warm-up + duration + request timeout the generator may take
 before it is killed."""
+BACKGROUND_DEADLINE_SLACK_SECONDS = 1.0
+"""A background task's deadline: the round's warm-up + measured window from the moment the
+generator is told to go, plus this (it normally stops earlier, when the window closes)."""
+BACKGROUND_STOP_SECONDS = 10.0
+"""How long after the round a background task may take to return before it is cancelled
+(and the round fails)."""
+LOGIN_FAILURES_PER_IP = 10_000
+"""The server's per-IP sign-in window (default 20): every bench sign-in comes from 127.0.0.1,
+and attempts in flight hold a slot until their password is checked, so the login storm's
+20 concurrent sign-ins would sit exactly on the default limit."""
 
 
 @dataclass(frozen=True)
@@ -85,22 +103,23 @@ def _clinicguard_env(db: services.BenchDatabase, work_dir: Path) -> dict[str, st
         "CLINICGUARD_DATA_DIR": str(work_dir / "data"),
         "CLINICGUARD_SECRET_KEY": secrets.token_urlsafe(48),
         "CLINICGUARD_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "CLINICGUARD_LOGIN_FAILURES_PER_IP": str(LOGIN_FAILURES_PER_IP),
     }
 
 
 async def _prepare_database(
     db: services.BenchDatabase, clinicguard_env: dict[str, str], work_dir: Path
-) -> tuple[list[str], dict[str, Any]]:
+) -> tuple[services.BenchRows, dict[str, Any]]:
     """Migrate (schema and grants, as the owner), add the bare app's tables, seed the demo
-    data set; return the bench record ids and the demo credentials. Through clinicguard's
+    data set; return the bench tables' ids and the demo credentials. Through clinicguard's
     own commands, so the bench prepares the database exactly as an operator would."""
     _progress("migrating, and seeding the demo data set")
     await run_clinicguard(["migrate"], clinicguard_env)
-    record_ids = await asyncio.to_thread(services.add_bench_schema, db)
+    rows = await asyncio.to_thread(services.add_bench_schema, db)
     credentials = work_dir / "demo-credentials.json"
     await run_clinicguard(["demo", "seed", "--out", str(credentials)], clinicguard_env)
     demo: dict[str, Any] = json.loads(credentials.read_text())
-    return record_ids, demo
+    return rows, demo
 
 
 @contextlib.asynccontextmanager
@@ -111,7 +130,7 @@ async def _servers(
     log_dir: Path,
 ) -> AsyncIterator[dict[Target, Server]]:
     """The servers the chosen scenarios need, healthy; stopped on the way out."""
-    wanted = {target for s in options.scenarios for target, _ in s.endpoints()}
+    wanted = {side.target for s in options.scenarios for side in s.measured_sides()}
     # Each worker's pool may grow to twice its size under load (the overflow).
     needed = len(wanted) * options.workers * 2 * DB_POOL_SIZE
     if needed > (limit := services.max_connections()) - CONNECTION_HEADROOM:
@@ -154,10 +173,85 @@ async def _smoke_check(ctx: BenchContext, request: HttpRequest) -> None:
         )
 
 
-async def _load(options: RunOptions, server: Server, requests: list[bytes]) -> Round:
+@dataclass
+class _Prepared:
+    """A side ready to be loaded: its requests, rendered, and its background task's state."""
+
+    side: Side
+    measurement: Measurement
+    server: Server
+    ctx: BenchContext
+    requests: list[bytes]
+    background_state: Any = None
+
+    @property
+    def background(self) -> Background | None:
+        return self.side.endpoint.background
+
+
+class _BackgroundRound:
+    """A side's background task over one round (does nothing for a side without one)."""
+
+    def __init__(self, side: _Prepared) -> None:
+        self._side = side
+        self._window: LoadWindow | None = None
+        self._task: asyncio.Task[dict[str, Any]] | None = None
+
+    def start(self, seconds: float) -> None:
+        """The generator was told to go: start the task, to stop within ``seconds`` (the
+        round's warm-up and measured window) plus BACKGROUND_DEADLINE_SLACK_SECONDS."""
+        background = self._side.background
+        if background is None:
+            return
+        self._window = LoadWindow(
+            deadline=time.monotonic() + seconds + BACKGROUND_DEADLINE_SLACK_SECONDS
+        )
+        self._task = asyncio.create_task(
+            background.run(self._side.ctx, self._side.background_state, self._window)
+        )
+
+    def window_opened(self) -> None:
+        if self._window is not None:
+            self._window.measure_from = time.monotonic()
+
+    def window_closed(self) -> None:
+        if self._window is not None:
+            self._window.measure_to = time.monotonic()
+            self._window.finished.set()
+
+    async def result(self) -> dict[str, Any] | None:
+        """What the task returned (None without one); RuntimeError when it failed or did not
+        stop within BACKGROUND_STOP_SECONDS after the round."""
+        if self._task is None or self._window is None:
+            return None
+        self._window.finished.set()
+        try:
+            async with asyncio.timeout(BACKGROUND_STOP_SECONDS):
+                return await asyncio.shield(self._task)
+        except TimeoutError as exc:
+            raise RuntimeError(
+                f"the background task did not stop within {BACKGROUND_STOP_SECONDS:g} s "
+                "after the round"
+            ) from exc
+        except Exception as exc:
+            raise RuntimeError(f"the background task failed: {type(exc).__name__}: {exc}") from exc
+
+    async def stop(self) -> None:
+        """Cancel the task if it is still running (failure, Ctrl-C, overrun)."""
+        if self._window is not None:
+            self._window.finished.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+async def _load(options: RunOptions, side: _Prepared) -> Round:
     """Run the load generator in its own process (and session, so that Ctrl-C reaches only
     the harness, which kills it); sample the server and the machine as the measured window
-    opens and closes."""
+    opens and closes. A side with a background task starts it when the generator is told
+    to go (warm-up included) and tells it when the measured window opens and closes."""
+    server, requests = side.server, side.requests
     spec = LoadSpec(
         port=server.port,
         requests=requests,
@@ -197,6 +291,8 @@ async def _load(options: RunOptions, server: Server, requests: list[bytes]) -> R
     machine_start = machine_end = None
     connections = None
     errors = ""
+    keep: list[int] = []
+    background = _BackgroundRound(side)
     try:
         async with asyncio.timeout(budget):
             process.stdin.write(spec.to_json().encode() + b"\n")
@@ -209,16 +305,22 @@ async def _load(options: RunOptions, server: Server, requests: list[bytes]) -> R
                     process.stdin.write(f"go {' '.join(map(str, keep))}\n".encode())
                     await process.stdin.drain()
                     process.stdin.close()
+                    background.start(options.warmup_seconds + spec.duration_seconds)
                 elif text == "phase measure":
+                    background.window_opened()
                     cpu_start, machine_start = server.cpu_seconds(), procfs.machine_cpu_ticks()
-                    connections = server.connections_per_worker()
+                    # The generator's connections only: a background task may hold others.
+                    connections = server.connections_per_worker(keep or None)
                 elif text == "phase done":
                     cpu_end, machine_end = server.cpu_seconds(), procfs.machine_cpu_ticks()
+                    background.window_closed()
                 elif text.startswith("{"):
                     result = LoadResult.from_json(text)
             await process.wait()
             errors = (await stderr).decode(errors="replace")
+        background_summary = await background.result()
     finally:
+        await background.stop()
         if process.returncode is None:
             process.kill()
             await process.wait()
@@ -236,6 +338,7 @@ async def _load(options: RunOptions, server: Server, requests: list[bytes]) -> R
         server_cpu_seconds=None if cpu_start is None or cpu_end is None else cpu_end - cpu_start,
         machine_cpu_busy_percent=machine_busy,
         connections_per_worker=connections,
+        background=background_summary,
     )
 
 
@@ -265,13 +368,23 @@ def _even_share(clients_per_worker: list[list[int]] | None, options: RunOptions)
     return keep
 
 
-async def _prepare_side(endpoint: Endpoint, ctx: BenchContext, port: int) -> list[bytes]:
-    """Run the side's setup, build its requests, check the first one answers 2xx; return
-    them rendered for the load generator."""
+async def _prepare_side(side: Side, server: Server, ctx: BenchContext) -> _Prepared:
+    """Run the side's setup, build its requests, check the first one answers 2xx, then run
+    its background task's setup (if any); each setup gets SETUP_TIMEOUT_SECONDS."""
     async with asyncio.timeout(SETUP_TIMEOUT_SECONDS):
-        requests = await endpoint.requests(ctx)
+        requests = await side.endpoint.requests(ctx)
         await _smoke_check(ctx, requests[0])
-    return [r.render(port) for r in requests]
+    prepared = _Prepared(
+        side,
+        Measurement(side.target, side.label),
+        server,
+        ctx,
+        [r.render(server.port) for r in requests],
+    )
+    if prepared.background is not None and prepared.background.setup is not None:
+        async with asyncio.timeout(SETUP_TIMEOUT_SECONDS):
+            prepared.background_state = await prepared.background.setup(ctx)
+    return prepared
 
 
 async def _measure_scenario(
@@ -279,38 +392,48 @@ async def _measure_scenario(
     scenario: Scenario,
     servers: dict[Target, Server],
     contexts: dict[Target, BenchContext],
+    cache: dict[str, Any],
 ) -> ScenarioResult:
     """Prepare each side, then measure them in alternating rounds. A side that fails stops
-    there (and says why); the others go on."""
-    sides: list[tuple[Measurement, Server, list[bytes]]] = []
+    there (and says why); the others go on. Then the scenario's own figures, if any."""
+    sides: list[_Prepared] = []
     measurements = []
-    for target, endpoint in scenario.endpoints():
-        server, measurement = servers[target], Measurement(target)
-        measurements.append(measurement)
+    for side in scenario.measured_sides():
         try:
-            requests = await _prepare_side(endpoint, contexts[target], server.port)
+            prepared = await _prepare_side(side, servers[side.target], contexts[side.target])
         except Exception as exc:  # noqa: BLE001  # one broken scenario must not cost the others
-            measurement.error = f"{type(exc).__name__}: {exc}"
-            _progress(f"{scenario.name}/{target}: FAILED: {measurement.error}")
+            measurement = Measurement(side.target, side.label, error=f"{type(exc).__name__}: {exc}")
+            measurements.append(measurement)
+            _progress(f"{scenario.name}/{side.label}: FAILED: {measurement.error}")
             continue
-        sides.append((measurement, server, requests))
+        measurements.append(prepared.measurement)
+        sides.append(prepared)
     window = options.duration_seconds / options.rounds
     for round_number in range(1, options.rounds + 1):
-        for measurement, server, requests in sides:
+        for prepared in sides:
+            measurement = prepared.measurement
             if measurement.error:
                 continue
-            label = f"{scenario.name}/{measurement.target}"
+            label = f"{scenario.name}/{measurement.label}"
             _progress(
                 f"{label} round {round_number}/{options.rounds}: warm-up "
                 f"{options.warmup_seconds:g} s, {window:.3g} s measured, "
                 f"{options.connections} connections"
+                + (", with its background load" if prepared.background else "")
             )
             try:
-                measurement.rounds.append(await _load(options, server, requests))
+                measurement.rounds.append(await _load(options, prepared))
             except Exception as exc:  # noqa: BLE001  # as above
                 measurement.error = f"{type(exc).__name__}: {exc}"
                 _progress(f"{label}: FAILED: {measurement.error}")
-    return ScenarioResult(scenario, measurements)
+    result = ScenarioResult(scenario, measurements)
+    if scenario.figures is not None:
+        try:
+            result.findings = scenario.figures(result, cache)
+        except Exception as exc:  # noqa: BLE001  # the table still prints
+            result.findings_error = f"{type(exc).__name__}: {exc}"
+            _progress(f"{scenario.name}: figures FAILED: {result.findings_error}")
+    return result
 
 
 async def _run(options: RunOptions, work_dir: Path) -> list[ScenarioResult]:
@@ -319,15 +442,23 @@ async def _run(options: RunOptions, work_dir: Path) -> list[ScenarioResult]:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     with _bench_services() as db:
         clinicguard_env = _clinicguard_env(db, work_dir)
-        record_ids, demo = await _prepare_database(db, clinicguard_env, work_dir)
+        rows, demo = await _prepare_database(db, clinicguard_env, work_dir)
         cache: dict[str, Any] = {}  # one for the whole run, shared by every setup
         async with _servers(options, db, clinicguard_env, work_dir) as servers:
             contexts = {
-                target: BenchContext(target, server.base_url, demo, record_ids, cache)
+                target: BenchContext(
+                    target,
+                    server.base_url,
+                    demo,
+                    rows.record_ids,
+                    user_ids=rows.user_ids,
+                    cache=cache,
+                    clinicguard_env=clinicguard_env,
+                )
                 for target, server in servers.items()
             }
             return [
-                await _measure_scenario(options, scenario, servers, contexts)
+                await _measure_scenario(options, scenario, servers, contexts, cache)
                 for scenario in options.scenarios
             ]
 

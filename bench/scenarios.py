@@ -10,8 +10,15 @@ An endpoint's ``request`` is either a fixed :class:`HttpRequest` or a factory
 starts; the load generator cycles through those pre-rendered requests. ``state`` is what
 the endpoint's optional async ``setup(ctx)`` returned (``None`` without one): for example
 the ``Authorization`` header of a user it logged in as. ``ctx`` (:class:`BenchContext`)
-carries the target's base URL, an HTTP client factory, the demo data set's credentials and
-the bare app's record ids.
+carries the target's base URL, an HTTP client factory, the demo data set's credentials, the
+bare app's row ids and a way to run ``clinicguard`` commands with the server's
+configuration.
+
+A scenario may instead name its ``sides`` (:class:`Side`: a label, a server and an endpoint)
+and which two to ``compare``, for example the same clinicguard request measured quiet and
+under load; an endpoint may run a :class:`Background` task next to each of its rounds (the
+login storm); and ``figures`` may derive scenario-specific numbers from the measurements
+(the cost of authentication in µs), printed under the ratio and written to the JSON.
 
 Adding a scenario (about ten lines; see bench/README.md for a logged-in example)::
 
@@ -33,13 +40,23 @@ Adding a scenario (about ten lines; see bench/README.md for a logged-in example)
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from bench import services, signins
+from bench.loadgen import latency_summary
+from bench.servers import run_clinicguard
+
+if TYPE_CHECKING:
+    from bench.measurement import ScenarioResult
 
 
 class Target(StrEnum):
@@ -101,17 +118,80 @@ class BenchContext:
     (email, password, role, totp_secret, care_team), patients and the platform admin."""
     record_ids: Sequence[str]
     """Primary keys of ``bench.records`` (the bare app's ``GET /records/{id}``)."""
+    user_ids: Sequence[str] = ()
+    """Primary keys of ``bench.users`` (the bare app's ``GET /users/{id}``)."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Shared by every setup of the run: keep tokens here, since a TOTP code is accepted
     once and logging the same user in twice within its 30 s step would be refused."""
+    clinicguard_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The CLINICGUARD_* configuration of the run's clinicguard server (keys included)."""
 
     def client(self, timeout: float = 10.0) -> httpx.AsyncClient:
         """An HTTP client for setup calls to the target (use it as ``async with``)."""
         return httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
+    async def clinicguard(self, *args: str) -> str:
+        """Run ``clinicguard <args>`` with the server's configuration (for example ``users
+        create``); return what it printed on stdout. Raises ProcessFailed when it fails."""
+        return await run_clinicguard(args, self.clinicguard_env)
+
 
 Setup = Callable[[BenchContext], Awaitable[Any]]
 RequestFactory = Callable[[BenchContext, Any, int], HttpRequest]
+
+
+@dataclass
+class LoadWindow:
+    """One round of a side's load, as its :class:`Background` task sees it. Times are
+    ``time.monotonic()`` seconds of the harness's process."""
+
+    deadline: float
+    """The background must have stopped by then: the end of the round's warm-up and
+    measured window (it is cancelled a few seconds later)."""
+    measure_from: float | None = None
+    """When the measured window opened (None until it does)."""
+    measure_to: float | None = None
+    """When it closed (None until it does)."""
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the load generator is done (or failed): stop now."""
+
+    def running(self) -> bool:
+        """Whether the background should keep going."""
+        return not self.finished.is_set() and time.monotonic() < self.deadline
+
+    async def wait(self) -> None:
+        """Return when the round is over (the generator is done, or the deadline passed)."""
+        remaining = self.deadline - time.monotonic()
+        if remaining > 0 and not self.finished.is_set():
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.finished.wait()
+            except TimeoutError:
+                pass
+
+    def measured(self, when: float) -> bool:
+        """Whether ``when`` fell inside the measured window (exact once it has closed)."""
+        if self.measure_from is None or when < self.measure_from:
+            return False
+        return self.measure_to is None or when <= self.measure_to
+
+
+BackgroundRun = Callable[[BenchContext, Any, LoadWindow], Coroutine[Any, Any, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Background:
+    """Load that a side runs from the harness's own process next to each of its rounds,
+    for example sign-ins while the side's reads are measured.
+
+    ``run(ctx, state, window)`` starts when the load generator starts sending (warm-up
+    included), must stop by itself by ``window.deadline`` (or sooner, when
+    ``window.finished`` is set), may only talk to ``ctx.base_url``, and returns a JSON-able
+    summary kept with the round (``background`` in the JSON). ``state`` is what the optional
+    ``setup(ctx)`` returned, once per side, before the load."""
+
+    run: BackgroundRun
+    setup: Setup | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +204,8 @@ class Endpoint:
     ``state``."""
     variants: int = 100
     """How many requests a factory builds (a fixed request is one); they are cycled."""
+    background: Background | None = None
+    """Load run next to each of this side's rounds (see :class:`Background`)."""
 
     async def requests(self, ctx: BenchContext) -> list[HttpRequest]:
         """Run the setup, then build the requests the load generator will cycle through."""
@@ -134,19 +216,59 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Side:
+    """One measured side of a scenario: its label (the table's ``target`` column), the
+    server it loads and how."""
+
+    label: str
+    target: Target
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Numbers a scenario derives from its measurements: ``values`` go to the JSON (as
+    ``figures``), ``lines`` are printed under the scenario's ratio."""
+
+    values: dict[str, Any]
+    lines: list[str]
+
+
+Figures = Callable[["ScenarioResult", Mapping[str, Any]], Findings]
+"""``(result, cache) -> Findings``: ``cache`` is the run's :attr:`BenchContext.cache`, where
+a setup may have left what it measured."""
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """A clinicguard request measured next to a bare endpoint doing the same database work."""
+    """A clinicguard request measured next to a bare endpoint doing the same database work
+    (or, with ``sides``, any set of requests measured in turn and compared)."""
 
     name: str
     description: str
-    bare: Endpoint
+    bare: Endpoint | None = None
     clinicguard: Endpoint | None = None
     """None: measure the bare side alone (a reference figure, no ratio)."""
+    sides: tuple[Side, ...] = ()
+    """Instead of ``clinicguard`` and ``bare``: named sides on either server, measured in
+    this order, round after round."""
+    compare: tuple[str, str] = ("clinicguard", "bare")
+    """The ratio printed under the table: the first side's figures over the second's."""
+    figures: Figures | None = None
 
-    def endpoints(self) -> list[tuple[Target, Endpoint]]:
-        """The targets to load, clinicguard first."""
-        sides = [(Target.CLINICGUARD, self.clinicguard), (Target.BARE, self.bare)]
-        return [(target, endpoint) for target, endpoint in sides if endpoint is not None]
+    def __post_init__(self) -> None:
+        if self.sides and (self.bare is not None or self.clinicguard is not None):
+            raise ValueError(f"{self.name}: give either sides or clinicguard/bare, not both")
+        labels = [side.label for side in self.measured_sides()]
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"{self.name}: needs at least one side, with distinct labels")
+
+    def measured_sides(self) -> list[Side]:
+        """The sides to load, in order (clinicguard before bare)."""
+        if self.sides:
+            return list(self.sides)
+        pairs = [(Target.CLINICGUARD, self.clinicguard), (Target.BARE, self.bare)]
+        return [Side(str(t), t, endpoint) for t, endpoint in pairs if endpoint is not None]
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -195,5 +317,221 @@ register(
         "vs the bare equivalent",
         clinicguard=Endpoint(HttpRequest("GET", "/readyz")),
         bare=Endpoint(HttpRequest("GET", "/readyz")),
+    )
+)
+
+# --- authentication ----------------------------------------------------------------------
+
+ME_PATH = "/api/v1/me"
+AUTH_COST_AIM_US = 250
+"""Issue 3: authentication costs at most 0.25 ms per request at p50 ..."""
+KV_ROUND_TRIPS_AIM = 1
+"""... and one key-value round trip (the session's GETEX)."""
+STORM_ACCOUNTS = 20
+"""Accounts without MFA made for the login storm (one sign-in in flight each)."""
+STORM_CONCURRENCY = 20
+"""Sign-ins the storm keeps in flight."""
+STORM_REQUEST_TIMEOUT_SECONDS = 10.0
+STORM_P99_AIM = 3.0
+"""Issue 3: the reads' p99 under the storm at most 3x the quiet p99."""
+_KV_PROBE = "auth-me:kv-probe"
+
+
+async def physician_tokens(ctx: BenchContext) -> list[str]:
+    """Access tokens of every demo physician (both clinics), each signed in once per run with
+    password + TOTP (a TOTP code is accepted once per user: later setups reuse the tokens,
+    which live 15 minutes; their sessions idle out after 30)."""
+    if "physician-tokens" not in ctx.cache:
+        physicians = [
+            user
+            for clinic in ctx.demo["clinics"]
+            for user in clinic["users"]
+            if user["role"] == "physician"
+        ]
+        async with ctx.client() as http:
+            ctx.cache["physician-tokens"] = [
+                await signins.sign_in_with_totp(http, user) for user in physicians
+            ]
+    tokens: list[str] = ctx.cache["physician-tokens"]
+    return tokens
+
+
+def _me(_ctx: BenchContext, tokens: list[str], i: int) -> HttpRequest:
+    return HttpRequest(
+        "GET", ME_PATH, headers={"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
+    )
+
+
+async def _tokens_and_kv_probe(ctx: BenchContext) -> list[str]:
+    """The physicians' tokens, and (once) how many key-value commands one GET /me costs."""
+    tokens = await physician_tokens(ctx)
+    if _KV_PROBE not in ctx.cache:
+        headers = {"Authorization": f"Bearer {tokens[0]}"}
+        ctx.cache[_KV_PROBE] = await signins.kv_commands_per_request(
+            ctx.base_url, ME_PATH, headers, services.REDIS_URL
+        )
+    return tokens
+
+
+ME_READS = Endpoint(setup=physician_tokens, request=_me)
+"""clinicguard's ``GET /api/v1/me`` with the Bearer tokens of the demo physicians."""
+
+
+def _signed(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:+,.0f} {unit}"
+
+
+def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
+    """What authenticating costs a request: clinicguard's p50 and server CPU per request
+    minus the bare endpoint's (the same SELECT, no authentication), and the key-value
+    commands per request counted by the probe."""
+    cg, bare = result.side("clinicguard"), result.side("bare")
+    p50_us = cpu_us = None
+    if cg is not None and bare is not None and cg.requests and bare.requests:
+        p50_us = round((cg.latency_ms()["p50"] - bare.latency_ms()["p50"]) * 1000)
+        cg_cpu, bare_cpu = cg.server_cpu_us_per_request, bare.server_cpu_us_per_request
+        if cg_cpu is not None and bare_cpu is not None:
+            cpu_us = round(cg_cpu - bare_cpu)
+    probe: dict[str, Any] = dict(cache.get(_KV_PROBE) or {"error": "not measured"})
+    if "error" in probe:
+        kv = f"n/a ({probe['error']})"
+    else:
+        per_command = ", ".join(f"{name} {n:.2f}" for name, n in probe["by_command"].items())
+        kv = f"{probe['commands_per_request']:.2f} ({per_command or 'none'})"
+    return Findings(
+        values={
+            "auth_cost_p50_us": p50_us,
+            "auth_cost_cpu_us_per_request": cpu_us,
+            "aim_p50_us": AUTH_COST_AIM_US,
+            "kv_commands_per_request": probe.get("commands_per_request"),
+            "kv_probe": probe,
+            "aim_kv_round_trips": KV_ROUND_TRIPS_AIM,
+        },
+        lines=[
+            f"  authentication per request: p50 {_signed(p50_us, 'µs')} (aim ≤ "
+            f"{AUTH_COST_AIM_US} µs), server CPU {_signed(cpu_us, 'µs')} (clinicguard minus bare)",
+            f"  key-value commands per GET /me: {kv} (aim: {KV_ROUND_TRIPS_AIM} round trip)",
+        ],
+    )
+
+
+register(
+    Scenario(
+        name="auth-me",
+        description="GET /api/v1/me with a physician's Bearer token (signature check cached "
+        "per token, session GETEX, PK SELECT of the user) vs the same SELECT unauthenticated: "
+        "the cost of authentication",
+        clinicguard=Endpoint(setup=_tokens_and_kv_probe, request=_me),
+        bare=Endpoint(
+            request=lambda ctx, _state, i: HttpRequest(
+                "GET", f"/users/{ctx.user_ids[i % len(ctx.user_ids)]}"
+            ),
+        ),
+        figures=_auth_cost,
+    )
+)
+
+
+async def _storm_accounts(ctx: BenchContext) -> list[dict[str, str]]:
+    """STORM_ACCOUNTS receptionists of the first demo clinic, made with ``clinicguard users
+    create`` (no MFA: a sign-in is one argon2 verification); one is signed in as a check."""
+    if "storm-accounts" not in ctx.cache:
+        created = await signins.create_accounts(
+            ctx, STORM_ACCOUNTS, clinic=ctx.demo["clinics"][0], role="receptionist"
+        )
+        async with ctx.client() as http:
+            await signins.check_sign_in(http, created[0])
+        ctx.cache["storm-accounts"] = created
+    accounts: list[dict[str, str]] = ctx.cache["storm-accounts"]
+    return accounts
+
+
+async def _storm(
+    ctx: BenchContext, accounts: list[dict[str, str]], window: LoadWindow
+) -> dict[str, Any]:
+    return await signins.login_storm(
+        ctx.base_url,
+        accounts,
+        window,
+        concurrency=STORM_CONCURRENCY,
+        request_timeout=STORM_REQUEST_TIMEOUT_SECONDS,
+    )
+
+
+def _storm_figures(result: ScenarioResult, _cache: Mapping[str, Any]) -> Findings:
+    """The reads' p50/p99 quiet and under the storm, the p99 ratio, and the sign-ins the
+    storm completed in the measured windows (and over the whole storm)."""
+    quiet, storm = result.side("quiet"), result.side("storm")
+    values: dict[str, Any] = {
+        "concurrent_signins": STORM_CONCURRENCY,
+        "aim_p99_ratio": STORM_P99_AIM,
+    }
+    lines = []
+    if quiet is not None and storm is not None and quiet.requests and storm.requests:
+        q, s = quiet.latency_ms(), storm.latency_ms()
+        ratio = round(s["p99"] / q["p99"], 2) if q["p99"] else None
+        values |= {
+            "quiet_p50_ms": q["p50"],
+            "quiet_p99_ms": q["p99"],
+            "storm_p50_ms": s["p50"],
+            "storm_p99_ms": s["p99"],
+            "p99_ratio": ratio,
+        }
+        lines.append(
+            f"  reads quiet p50 {q['p50']:.2f} ms, p99 {q['p99']:.2f} ms; under "
+            f"{STORM_CONCURRENCY} concurrent sign-ins p50 {s['p50']:.2f} ms, p99 "
+            f"{s['p99']:.2f} ms: p99 {'n/a' if ratio is None else f'{ratio:.2f}x'} "
+            f"(aim ≤ {STORM_P99_AIM:g}x)"
+        )
+    storms = [r.background for r in storm.rounds if r.background] if storm else []
+    if storms:
+        measured = [b["measured"] for b in storms]
+        seconds = sum(m["seconds"] or 0.0 for m in measured)
+        histogram: Counter[int] = Counter()
+        for m in measured:
+            histogram.update({int(k): v for k, v in m["latency_histogram_us"].items()})
+        outcomes: Counter[str] = Counter()
+        for b in storms:
+            outcomes.update(b["outcomes"])
+        signin_latency = latency_summary(histogram)
+        values |= {
+            "signins_measured": sum(m["signins"] for m in measured),
+            "signin_errors_measured": sum(m["errors"] for m in measured),
+            "signins_per_second": round(sum(m["signins"] for m in measured) / seconds, 1)
+            if seconds
+            else None,
+            "signin_latency_ms": signin_latency,
+            "signins_total": sum(b["signins"] for b in storms),
+            "signin_errors_total": sum(b["errors"] for b in storms),
+            "signin_outcomes_total": dict(outcomes),
+        }
+        lines.append(
+            f"  sign-ins completed in the measured windows: {values['signins_measured']:,} "
+            f"({values['signins_per_second'] or 0:,.1f}/s, p50 {signin_latency['p50']:.0f} ms, "
+            f"p99 {signin_latency['p99']:.0f} ms), errors {values['signin_errors_measured']:,}; "
+            f"whole storm {values['signins_total']:,}, errors {values['signin_errors_total']:,}"
+        )
+    return Findings(values=values, lines=lines)
+
+
+register(
+    Scenario(
+        name="login-storm",
+        description=f"GET /api/v1/me (as auth-me) quiet, then while {STORM_CONCURRENCY} "
+        "sign-ins (argon2id each) stay in flight: the reads' p99 under a login storm",
+        sides=(
+            Side("quiet", Target.CLINICGUARD, ME_READS),
+            Side(
+                "storm",
+                Target.CLINICGUARD,
+                Endpoint(
+                    setup=physician_tokens,
+                    request=_me,
+                    background=Background(run=_storm, setup=_storm_accounts),
+                ),
+            ),
+        ),
+        compare=("storm", "quiet"),
+        figures=_storm_figures,
     )
 )

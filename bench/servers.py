@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,10 +72,16 @@ class Server:
         (None off Linux)."""
         return procfs.peer_ports_per_process(self.process.pid, self.port)
 
-    def connections_per_worker(self) -> list[int] | None:
-        """Established connections each worker holds now, largest first (None off Linux)."""
+    def connections_per_worker(self, clients: Collection[int] | None = None) -> list[int] | None:
+        """Established connections each worker holds now, largest first (None off Linux);
+        with ``clients``, only the connections from those client ports."""
         held = self.clients_per_worker()
-        return None if held is None else sorted(map(len, held), reverse=True)
+        if held is None:
+            return None
+        if clients is not None:
+            wanted = set(clients)
+            held = [kept for ports in held if (kept := [p for p in ports if p in wanted])]
+        return sorted(map(len, held), reverse=True)
 
     def log_tail(self) -> str:
         try:
@@ -162,9 +168,11 @@ def _clinicguard_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "clinicguard"]
 
 
-async def run_clinicguard(args: Sequence[str], env: Mapping[str, str]) -> None:
-    """``clinicguard <args>`` with the given CLINICGUARD_* environment; raise ProcessFailed
-    when it exits non-zero (it is killed after COMMAND_TIMEOUT_SECONDS)."""
+async def run_clinicguard(args: Sequence[str], env: Mapping[str, str]) -> str:
+    """``clinicguard <args>`` with the given CLINICGUARD_* environment; return what it
+    printed on stdout (its messages go to stderr; ``users create`` prints the one-time
+    password alone on stdout). Raise ProcessFailed when it exits non-zero (it is killed
+    after COMMAND_TIMEOUT_SECONDS)."""
     process = await asyncio.create_subprocess_exec(
         *_clinicguard_command(),
         *args,
@@ -172,21 +180,23 @@ async def run_clinicguard(args: Sequence[str], env: Mapping[str, str]) -> None:
         env={**_inherited_env(), **env},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
     try:
         async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
-            output, _ = await process.communicate()
+            output, messages = await process.communicate()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
     if process.returncode != 0:
+        text = (messages + output).decode(errors="replace")
         raise ProcessFailed(
             f"clinicguard {' '.join(args)} exited with status {process.returncode}:\n"
-            f"{output.decode(errors='replace')[-_LOG_TAIL_CHARS:]}"
+            f"{text[-_LOG_TAIL_CHARS:]}"
         )
+    return output.decode(errors="replace")
 
 
 def start_clinicguard(workers: int, env: Mapping[str, str], log_dir: Path) -> Server:

@@ -3,7 +3,7 @@
 As in tests/services.py: a fresh database owned by ``cg_bench_owner`` (which runs the
 migrations) and an application role ``cg_bench_app`` that owns no tables, is not a
 superuser and has no BYPASSRLS, so both servers connect as production would. Next to
-clinicguard's schema, a ``bench`` schema holds the bare app's two tables. Redis: one
+clinicguard's schema, a ``bench`` schema holds the bare app's tables. Redis: one
 database (14 by default), flushed at the start and the end.
 
 Override the servers with ``CLINICGUARD_BENCH_DATABASE_URL`` (a superuser's URL; the
@@ -29,6 +29,8 @@ APP_ROLE = "cg_bench_app"
 CONNECT_TIMEOUT_SECONDS = 5
 BENCH_RECORDS = 1000
 """Rows in bench.records (the bare app's primary-key reads)."""
+BENCH_USERS = 100
+"""Rows in bench.users (the bare app's ``GET /users/{id}``)."""
 
 _BENCH_SCHEMA = f"""
 CREATE SCHEMA bench;
@@ -51,16 +53,49 @@ CREATE TABLE bench.events (
     action text NOT NULL
 );
 CREATE INDEX events_record ON bench.events (clinic_id, record_id, occurred_at);
+-- The shape of clinicguard's users row (migrations 0001 + 0002): same columns, types,
+-- primary key and unique email, values of the same width (an argon2id PHC string, a
+-- sealed 32-character TOTP seed).
+CREATE TABLE bench.users (
+    id uuid PRIMARY KEY,
+    email varchar(254) NOT NULL UNIQUE,
+    full_name varchar(200) NOT NULL,
+    password_hash varchar(255) NOT NULL,
+    password_changed_at timestamptz NOT NULL,
+    is_platform_admin boolean NOT NULL,
+    is_active boolean NOT NULL,
+    professional_license varchar(40),
+    mfa_enabled boolean NOT NULL,
+    totp_secret_sealed bytea,
+    must_change_password boolean NOT NULL DEFAULT false,
+    last_login_at timestamptz,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
 INSERT INTO bench.records (id, clinic_id, full_name, birth_date, phone, email, notes)
 SELECT gen_random_uuid(), md5('bench clinic ' || n % 2)::uuid, 'Paciente ' || n,
        date '1950-01-01' + (n * 13) % 20000,
        '+55119' || lpad((n * 7919 % 100000000)::text, 8, '0'),
        'paciente' || n || '@email.example.com', repeat('Anotação clínica. ', 8)
 FROM generate_series(1, {BENCH_RECORDS}) AS n;
+INSERT INTO bench.users (id, email, full_name, password_hash, password_changed_at,
+                         is_platform_admin, is_active, professional_license, mfa_enabled,
+                         totp_secret_sealed, must_change_password, last_login_at,
+                         created_at, updated_at)
+SELECT gen_random_uuid(), 'medico' || n || '@bemviver.example.com.br', 'Dr. Médico ' || n,
+       '$argon2id$v=19$m=19456,t=2,p=1$' || left(md5('salt' || n), 22) || '$'
+           || left(md5('hash' || n) || md5('more' || n), 43),
+       now() - interval '1 day', false, true, 'CRM-SP ' || (100000 + n), true,
+       decode(md5('seed' || n) || md5('nonce' || n) || md5('tag' || n) || left(md5('x' || n), 24),
+              'hex'),
+       false, now() - interval '1 hour', now() - interval '30 days', now() - interval '1 hour'
+FROM generate_series(1, {BENCH_USERS}) AS n;
 GRANT USAGE ON SCHEMA bench TO {APP_ROLE};
 GRANT SELECT ON bench.records TO {APP_ROLE};
+GRANT SELECT ON bench.users TO {APP_ROLE};
 GRANT INSERT ON bench.events TO {APP_ROLE};
 ANALYZE bench.records;
+ANALYZE bench.users;
 """  # noqa: S608  # built from module constants only, no input reaches it
 
 
@@ -129,16 +164,28 @@ def drop_database(db: BenchDatabase) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
 
 
-def add_bench_schema(db: BenchDatabase) -> list[str]:
+@dataclass(frozen=True)
+class BenchRows:
+    """The primary keys of the bare app's tables."""
+
+    record_ids: list[str]
+    """bench.records (``GET /records/{id}``)."""
+    user_ids: list[str]
+    """bench.users (``GET /users/{id}``)."""
+
+
+def add_bench_schema(db: BenchDatabase) -> BenchRows:
     """Add the bare app's ``bench`` schema as the owner (after clinicguard's migrations);
-    return the ids of its records."""
+    return the ids of its rows."""
     with psycopg.connect(
         db.url(OWNER_ROLE, driver="postgresql"),
         autocommit=True,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
     ) as owner:
         owner.execute(_BENCH_SCHEMA)
-        return [str(row[0]) for row in owner.execute("SELECT id FROM bench.records ORDER BY id")]
+        records = owner.execute("SELECT id FROM bench.records ORDER BY id").fetchall()
+        users = owner.execute("SELECT id FROM bench.users ORDER BY id").fetchall()
+    return BenchRows([str(row[0]) for row in records], [str(row[0]) for row in users])
 
 
 def flush_redis() -> None:

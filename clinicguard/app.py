@@ -82,7 +82,6 @@ def create_app(
     app.state.services = services
     app.state.database = services.db
     app.state.kv = services.kv
-    app.state.clock = services.clock
     install_exception_handlers(app)
     app.include_router(health_api.router)
     app.include_router(auth_api.router)
