@@ -18,6 +18,9 @@ from uvicorn.supervisors import Multiprocess
 
 from clinicguard.auth.mfa import TotpSeeds
 from clinicguard.auth.users import create_user
+from clinicguard.authz.engine import PolicyEngine
+from clinicguard.authz.interfaces import Condition, PolicyContext
+from clinicguard.authz.matrix import permission_matrix
 from clinicguard.clinic.demo import DemoRefused, database_is_empty, seed_demo
 from clinicguard.core.errors import ConfigurationError, ProblemError
 from clinicguard.core.events import Outcome, SecurityEvent, SecurityEventType, Severity
@@ -40,6 +43,8 @@ users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 sessions_app = typer.Typer(help="Sign-in sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+policy_app = typer.Typer(help="The authorization policy.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 T = TypeVar("T")
 out = Console(stderr=True, soft_wrap=True)
 
@@ -316,6 +321,48 @@ def sessions_revoke(
     """End every session of a user at once (tokens stop working on every instance)."""
     count = _run_with_services(lambda s: s.auth.revoke_user_sessions(user), shared_state=True)
     out.print(f"ended {count} session(s) of {escape(user)}")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    role: Annotated[str, typer.Option(help="A role (physician, nurse, …).")],
+    permission: Annotated[str, typer.Option(help="resource:action, e.g. records:read.")],
+    context: Annotated[
+        str, typer.Option(help='Facts that hold, as JSON: {"care_team": true, …}.')
+    ] = "{}",
+) -> None:
+    """Print the decision for a role and permission, and the rules that made it."""
+    try:
+        raw = json.loads(context)
+        if not isinstance(raw, dict):
+            raise TypeError("the context must be a JSON object")
+        facts = {Condition(name): bool(value) for name, value in raw.items()}
+    except (ValueError, TypeError) as exc:
+        out.print(f"[red]invalid --context: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
+    decision, steps = PolicyEngine.load().explain(role, permission, PolicyContext(facts))
+    verdict = "ALLOW" if decision.allowed else "DENY"
+    typer.echo(
+        f"{verdict} {role} {permission}: {decision.reason}"
+        + (f" ({decision.rule})" if decision.rule else "")
+    )
+    for step in steps:
+        mark = "*" if step.rule == decision.rule else "-"
+        typer.echo(f"  {mark} {step.effect:5} {step.rule}: {step.why}")
+    if decision.allowed:
+        ob = decision.obligations
+        typer.echo(
+            f"  obligations: hide={sorted(ob.hide)} mask={sorted(ob.mask)} "
+            f"audit={ob.audit} review={ob.review}"
+        )
+    if not decision.allowed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("matrix")
+def policy_matrix() -> None:
+    """Print the permission matrix (docs/permission-matrix.md) as Markdown."""
+    typer.echo(permission_matrix(PolicyEngine.load()), nl=False)
 
 
 def main() -> None:

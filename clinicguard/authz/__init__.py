@@ -1,0 +1,1 @@
+"""Authorization: the policy engine (roles, permissions, conditions, obligations)."""
