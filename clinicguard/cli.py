@@ -52,7 +52,7 @@ out = Console(stderr=True, soft_wrap=True)
 def _settings() -> Settings:
     try:
         return load_settings()
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+    except ConfigurationError as exc:
         out.print(f"[red]invalid configuration:[/red]\n{escape(str(exc))}")
         raise typer.Exit(2) from exc
 
@@ -178,6 +178,11 @@ def _run_with_services(
     ``shared_state``: the action changes what the running servers hold in the key-value
     store (sessions, locks), which the in-process store of a CLI process cannot reach."""
     settings = _settings()
+    if shared_state and not settings.secret_key.get_secret_value():
+        # Lock and session keys are derived from the servers' secret: without the same
+        # secret, this process would compute other keys and change nothing.
+        out.print("[red]this command needs the servers' CLINICGUARD_SECRET_KEY[/red]")
+        raise typer.Exit(2)
     if shared_state and not settings.redis_url:
         out.print(
             "[red]this command acts on the servers' shared state: set CLINICGUARD_REDIS_URL "
@@ -280,7 +285,7 @@ def keys_revoke_signing(kid: Annotated[str, typer.Argument(help="The key id (kid
     if not _run_with_services(revoke):
         out.print(f"[red]no signing key {escape(kid)}[/red]")
         raise typer.Exit(1)
-    out.print(f"signing key {escape(kid)} revoked; a new key signs for its purpose")
+    out.print(f"signing key {escape(kid)} revoked: it verifies nothing from now on")
 
 
 @users_app.command("unlock")

@@ -18,8 +18,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from clinicguard.core.errors import ConfigurationError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -70,8 +72,9 @@ class Settings(BaseSettings):
     kv_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
 
     secret_key: SecretStr = SecretStr("")
-    """Application secret: keys the hashes of short-lived state (session cookies and CSRF
-    tokens, device trust, login counters); rotating it ends sessions, loses no data.
+    """Application secret: keys the hashes of short-lived state (console session cookies and
+    CSRF tokens, device trust, login counters); rotating it ends console sessions, forgets
+    trusted devices and resets login counters, and loses no stored data.
     Generated under data_dir outside production when unset."""
     master_key: SecretStr = SecretStr("")
     """Key-encryption key, base64 of 32 bytes. Generated under data_dir outside production."""
@@ -192,7 +195,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         if self.password_min_length > self.password_max_length:
-            raise ValueError("password_min_length is larger than password_max_length")
+            raise ValueError("CLINICGUARD_PASSWORD_MIN_LENGTH is larger than the maximum")
         data_dir = self.data_dir.expanduser().resolve()
         object.__setattr__(self, "data_dir", data_dir)
         if not self.database_url:
@@ -248,7 +251,7 @@ def production_problems(settings: Settings) -> list[str]:
         )
     if not settings.redis_url:
         problems.append("CLINICGUARD_REDIS_URL is missing: sessions and revocations must be shared")
-    if not settings.public_base_url.startswith("https://"):
+    if not settings.public_base_url.lower().startswith("https://"):
         problems.append("CLINICGUARD_PUBLIC_BASE_URL is not https:// (links in security mail)")
     if settings.mail_backend == "file":
         problems.append(
@@ -305,5 +308,16 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment (plus explicit overrides), with development secrets."""
-    return with_development_secrets(Settings(**overrides))
+    """Settings from the environment (plus explicit overrides), with development secrets.
+
+    Raises ConfigurationError naming each invalid setting and the rule it breaks, never the
+    values given (pydantic's own message quotes inputs, secrets included)."""
+    try:
+        return with_development_secrets(Settings(**overrides))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            name = f"CLINICGUARD_{where.upper()}" if where != "settings" else where
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigurationError(problems) from None

@@ -147,15 +147,16 @@ class ApiKeyService:
 
     async def authenticate(self, presented: str) -> Principal:
         """The key's principal; TokenInvalid for anything else. Failed attempts are counted
-        per client IP before the key is looked at (a burst gets no more tries than a
-        sequence), and a successful one gives its slot back."""
+        per client IP and refused past the limit (a key carries 256 random bits, so the
+        limit is against noise and load, not guessing); valid keys are never throttled."""
         ctx = current_request()
-        window = f"apikey:ip:{ctx.client_ip if ctx else 'unknown'}"
-        state = await self._limiter.hit(window, limit=FAILURES_PER_IP, window=FAILURE_WINDOW)
-        if not state.allowed or state.event is None:
+        window = f"apikey:fail:{ctx.client_ip if ctx else 'unknown'}"
+        state = await self._limiter.peek(window, limit=FAILURES_PER_IP, window=FAILURE_WINDOW)
+        if not state.allowed:
             raise TooManyRequests(int(state.reset_after) + 1)
         match = _KEY.fullmatch(presented)
         if match is None:
+            await self._limiter.hit(window, limit=FAILURES_PER_IP, window=FAILURE_WINDOW)
             raise TokenInvalid()
         now = self._clock.now()
         async with self._db.transaction() as session:
@@ -184,6 +185,7 @@ class ApiKeyService:
                     .values(last_used_at=now)
                 )
         if not valid or key is None:
+            await self._limiter.hit(window, limit=FAILURES_PER_IP, window=FAILURE_WINDOW)
             await self._events.record(
                 SecurityEvent(
                     type=SecurityEventType.AUTH_API_KEY_REJECTED,
@@ -193,7 +195,6 @@ class ApiKeyService:
                 )
             )
             raise TokenInvalid()
-        await self._limiter.release(window, state.event)
         return Principal(
             user_id=key.id,
             role=Role.INTEGRATION,

@@ -114,6 +114,8 @@ class QueuedMailSender:
                 await self._sender.send(mail)
             except MailUnavailable as exc:
                 log.warning("mail_not_sent", subject=mail.subject, reason=str(exc))
+            except Exception:
+                log.exception("mail_failed", subject=mail.subject)
             finally:
                 self._queue.task_done()
 

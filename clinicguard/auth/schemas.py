@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -16,7 +17,9 @@ def _bounded_password(value: str) -> str:
     # Refused before any hashing: a megabyte "password" must not cost an argon2 run.
     if len(value.encode()) > MAX_PASSWORD_BYTES:
         raise ValueError(f"Must be at most {MAX_PASSWORD_BYTES} bytes.")
-    return value
+    # One form for the same characters (NFC): "ã" typed precomposed or as "a" + combining
+    # tilde is the same password, and rules see composed letters.
+    return unicodedata.normalize("NFC", value)
 
 
 Password = Annotated[

@@ -700,16 +700,21 @@ class AuthService:
         claims = await self._tokens.verify(token, TokenPurpose.ACCESS)
         session = await self._sessions.touch(claims["sub"], str(claims["sid"]))
         if session is None or (claims.get("cid") or None) != session.c:
-            # A correctly signed token whose session has ended: someone still holds a token
-            # after logout or revocation (only we can sign, so this cannot be flooded).
-            await self._event(
-                E.AUTH_TOKEN_REJECTED,
-                Outcome.DENIED,
-                severity=Severity.MEDIUM,
-                user_id=uuid.UUID(claims["sub"]),
-                session_id=str(claims["sid"]),
-                reason="session_ended",
-            )
+            # A correctly signed token whose session has ended (or changed clinic): someone
+            # still holds a token after logout or revocation. Recorded once a minute per
+            # session, so a client retrying for the token's last minutes writes one row.
+            sid = str(claims["sid"])
+            if await self._kv.set(
+                f"cg:{{u:{claims['sub']}}}:rejected:{sid}", b"1", ttl=60, only_if_absent=True
+            ):
+                await self._event(
+                    E.AUTH_TOKEN_REJECTED,
+                    Outcome.DENIED,
+                    severity=Severity.MEDIUM,
+                    user_id=uuid.UUID(claims["sub"]),
+                    session_id=sid,
+                    reason="session_ended" if session is None else "clinic_mismatch",
+                )
             raise TokenInvalid()
         return self._principal(session, "token")
 

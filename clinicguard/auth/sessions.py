@@ -123,7 +123,8 @@ class SessionStore:
         ended after, so concurrent sign-ins converge on the newest N (every creator trims
         the same oldest sessions, in the store-wide creation order)."""
         now = self._clock.now().timestamp()
-        sequence = await self._kv.increment(f"{_user_tag(user_id)}:seq")
+        # Lives as long as the sessions it orders (it restarts once they have all ended).
+        sequence = await self._kv.increment(f"{_user_tag(user_id)}:seq", ttl=self._absolute)
         session = Session(
             sid=secrets.token_urlsafe(16),
             u=str(user_id),

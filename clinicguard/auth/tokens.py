@@ -197,8 +197,8 @@ class SigningKeyRing:
 
     async def revoke(self, kid: str) -> bool:
         """Stop a key verifying now (a leaked key): every token it signed dies at once on
-        this instance, and on the others within the key cache period. The purpose gets a
-        new signing key. False when no such key exists."""
+        this instance, and on the others within the key cache period. When it was the
+        signing key, its purpose gets a new one. False when no such key exists."""
         now = self._clock.now()
         async with self._db.transaction() as session:
             row = await session.get(SigningKey, kid)

@@ -11,6 +11,7 @@ from clinicguard.auth.models import ClinicMembership, User
 from clinicguard.auth.passwords import generate_password
 from clinicguard.core.errors import Conflict, FieldError, NotFound, ValidationFailed
 from clinicguard.core.principal import CLINIC_ROLES, Role
+from clinicguard.core.schemas import contains_control_characters
 from clinicguard.store.db import Database
 from clinicguard.store.tenancy import Clinic
 
@@ -29,6 +30,19 @@ async def create_user(
         role_value = Role(role)
     except ValueError as exc:
         raise ValidationFailed(errors=[FieldError("role", f"Unknown role {role!r}.")]) from exc
+    if role_value is Role.INTEGRATION:
+        raise ValidationFailed(
+            errors=[
+                FieldError("role", "integration is not a person's role: create an API key instead.")
+            ]
+        )
+    bad = [
+        FieldError(field, "Must not contain control or invisible formatting characters.")
+        for field, value in (("email", email), ("name", full_name))
+        if contains_control_characters(value)
+    ]
+    if bad:
+        raise ValidationFailed(errors=bad)
     platform = role_value is Role.PLATFORM_ADMIN
     if not platform and (role_value not in CLINIC_ROLES or clinic_id is None):
         raise ValidationFailed(errors=[FieldError("clinic", "A clinic role needs --clinic.")])

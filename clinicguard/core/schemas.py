@@ -13,11 +13,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def contains_control_characters(value: str) -> bool:
+    """Control (Cc) and format (Cf: bidi overrides, zero-width) characters: NUL is refused
+    by PostgreSQL outright; the others hide or reorder text in logs and screens."""
+    return any(unicodedata.category(c) in ("Cc", "Cf") for c in value)
+
+
 def _no_control_characters(value: str) -> str:
-    # NUL and other control characters have no place in names and identifiers (PostgreSQL
-    # refuses NUL outright; others hide text in logs and terminals).
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError("Must not contain control characters.")
+    if contains_control_characters(value):
+        raise ValueError("Must not contain control or invisible formatting characters.")
     return value
 
 

@@ -79,6 +79,8 @@ class Hasher:
         """Keyed by the application secret (CLINICGUARD_SECRET_KEY) instead of the master
         key: for short-lived state (sessions, device trust, login counters) that may be
         invalidated by rotating that secret without touching stored data."""
+        if not secret:
+            raise ValueError("the application secret (CLINICGUARD_SECRET_KEY) is empty")
         hasher = cls.__new__(cls)
         hasher._key = HKDF(
             algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=f"hmac:{purpose}".encode()

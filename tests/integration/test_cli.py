@@ -407,3 +407,29 @@ def test_seed_is_refused_in_production(tmp_path: Path) -> None:
     assert dump(database) == before
     assert query(database, "SELECT count(*) FROM users") == [(0,)]
     assert query(database, "SELECT count(*) FROM clinics") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["users", "unlock", "x@clinica.example.com"],
+        ["sessions", "revoke", "--user", "x@clinica.example.com"],
+    ],
+)
+def test_shared_state_commands_refuse_without_the_shared_store(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Without Redis the CLI process has its own empty store: it would report success and
+    change nothing on the servers, so these commands refuse instead."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINICGUARD_")}
+    env.update(CLINICGUARD_ENV="test", CLINICGUARD_DATA_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "clinicguard", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CLINICGUARD_REDIS_URL" in result.stdout + result.stderr

@@ -20,7 +20,7 @@ from clinicguard.auth.deps import CurrentPrincipal
 from clinicguard.auth.models import ApiKey
 from clinicguard.core.principal import Role
 from clinicguard.store.tenancy import Clinic
-from tests.conftest import AuthWorld
+from tests.conftest import AuthWorld, client_for
 from tests.factories.people import Person, add_clinic, add_person
 
 PROBE_URL = "/api/v1/_probe_api_keys/principal"
@@ -333,3 +333,24 @@ async def test_expiry_beyond_the_representable_range_is_422(keys_world: AuthWorl
     with capture_logs():
         response = await create_key(world, tokens, expires_at="9999-12-31T23:59:59-12:00")
     assert response.status_code == 422
+
+
+async def test_failed_key_attempts_are_limited_per_address_valid_keys_never(
+    keys_world: AuthWorld,
+) -> None:
+    """Twenty wrong keys from one address, then that address is 429 (even for a right key,
+    until the window passes); another address with a valid key is unaffected."""
+    world = keys_world
+    _admin, tokens = await admin_of_new_clinic(world)
+    created = await created_key(world, tokens)
+    for n in range(25):  # a valid key is never throttled by its own use
+        assert (await call_probe(world, bearer(created["key"]))).status_code == 200, n
+    async with client_for(world.app, "198.51.100.66") as prober:
+        for n in range(20):
+            wrong = f"cgk_{created['prefix']}_{'A' * 42}{n % 10}"
+            answer = await prober.get(PROBE_URL, headers=bearer(wrong))
+            assert answer.status_code == 401, n
+        throttled = await prober.get(PROBE_URL, headers=bearer(created["key"]))
+        assert throttled.status_code == 429
+        assert int(throttled.headers["retry-after"]) > 0
+    assert (await call_probe(world, bearer(created["key"]))).status_code == 200

@@ -473,3 +473,18 @@ async def test_sign_in_fails_closed_when_the_store_is_down(make_world: MakeWorld
             assert response.headers["content-type"].startswith("application/problem+json")
             assert response.json()["type"].endswith("service-unavailable")
             assert "access_token" not in response.text
+
+
+async def test_trusted_device_passes_the_ip_and_global_ceilings(make_world: MakeWorld) -> None:
+    """Flooding the clinic's own address (or the whole deployment) with failures throttles
+    unknown devices, but not a clinician's device that signed in with MFA before."""
+    async with make_world(login_global_failures_per_minute=10) as world:
+        clinic = await add_clinic(world.services)
+        doctor = await add_person(world.services, clinic.id, Role.PHYSICIAN)
+        device_token = (await world.login(doctor))["device_token"]
+        for n in range(10):  # failures from the clinic's own address, over other emails
+            await _fail(world.client, f"flood-{n}@clinica.example.com", 1)
+        _assert_throttled(await _attempt(world.client, doctor.email, doctor.password))
+        world.clock.advance(30)  # a new TOTP step
+        tokens = await world.login(doctor, device_token=device_token)
+        assert (await world.client.get(ME, headers=world.bearer(tokens))).status_code == 200

@@ -8,6 +8,7 @@ import email
 import email.policy
 import itertools
 import re
+import unicodedata
 import uuid
 from datetime import timedelta
 from email.message import EmailMessage
@@ -489,3 +490,27 @@ async def test_an_email_with_a_control_character_is_a_422_never_a_500(world: Aut
             assert response.status_code == 422, response.text
             assert response.headers["content-type"].startswith("application/problem+json")
             assert [e["field"] for e in response.json()["errors"]] == ["body.email"]
+
+
+async def test_invisible_formatting_characters_are_refused_in_emails(world: AuthWorld) -> None:
+    """Bidi overrides and zero-width characters hide or reorder text in logs and screens:
+    an email carrying one is a 422 naming the field."""
+    for address in ("admin\u202e@clinica.example.com", "ad\u200bmin@clinica.example.com"):
+        response = await world.client.post("/api/v1/auth/password/forgot", json={"email": address})
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == ["body.email"]
+
+
+async def test_a_password_is_the_same_whichever_way_its_accents_were_typed(
+    world: AuthWorld,
+) -> None:
+    """NFC: "ã" typed precomposed or as "a" + combining tilde is one password."""
+    composed = "Coração-de-Estudante 1982!"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed
+    clinic = await add_clinic(world.services)
+    person = await add_person(world.services, clinic.id, Role.RECEPTIONIST, password=composed)
+    response = await world.client.post(
+        "/api/v1/auth/login", json={"email": person.email, "password": decomposed}
+    )
+    assert response.status_code == 200, response.text

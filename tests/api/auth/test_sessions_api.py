@@ -530,3 +530,24 @@ async def test_key_value_outage_fails_closed(make_world: MakeWorld) -> None:
             assert login.status_code == 503, login.text
             assert _problem_type(login).endswith("service-unavailable")
             assert "access_token" not in login.text
+
+
+async def test_a_token_used_after_logout_is_recorded_once_a_minute(world: AuthWorld) -> None:
+    """A correctly signed token presented after its session ended is a signal (a stolen
+    token, or a client that did not log out): recorded, but once a minute per session."""
+    person = await _person(world)
+    tokens = await _sign_in(world, person)
+    assert (await world.client.post(LOGOUT, headers=world.bearer(tokens))).status_code == 204
+    for _ in range(5):
+        assert await _me(world.client, tokens) == 401
+    async with world.services.db.transaction() as session:
+        rows = (
+            await session.scalars(
+                select(SecurityEventRecord).where(
+                    SecurityEventRecord.event_type == "auth:token:rejected"
+                )
+            )
+        ).all()
+    assert len(rows) == 1
+    assert rows[0].details["reason"] == "session_ended"
+    assert rows[0].user_id == person.id

@@ -403,3 +403,20 @@ async def test_random_input_only_ever_raises_token_invalid(
     # Only the real token can pass (or a mutation of a base64 padding bit that decodes to
     # the very same bytes); either way the claims are exactly the issued ones.
     assert result == claims
+
+
+async def test_revoking_a_key_kills_its_tokens_at_once(world: AuthWorld) -> None:
+    """A leaked signing key is revoked: its tokens (even cached ones) are refused at once,
+    a new key signs, and the revoked key leaves the JWKS."""
+    tokens = world.services.tokens
+    token, _ = await issue(world, TokenPurpose.ACCESS)
+    await tokens.verify(token, TokenPurpose.ACCESS)  # cached
+    kid = jwt.get_unverified_header(token)["kid"]
+    assert await world.services.signing_keys.revoke(kid) is True
+    with pytest.raises(TokenInvalid):
+        await tokens.verify(token, TokenPurpose.ACCESS)
+    fresh, _ = await issue(world, TokenPurpose.ACCESS)
+    assert jwt.get_unverified_header(fresh)["kid"] != kid
+    await tokens.verify(fresh, TokenPurpose.ACCESS)
+    assert kid not in {k["kid"] for k in await world.services.signing_keys.jwks()}
+    assert await world.services.signing_keys.revoke("no-such-kid") is False

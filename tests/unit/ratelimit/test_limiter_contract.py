@@ -117,3 +117,26 @@ async def test_unreachable_redis_raises_instead_of_admitting() -> None:
 def test_registry_picks_backend() -> None:
     assert isinstance(create_rate_limiter(""), MemorySlidingWindowLimiter)
     assert isinstance(create_rate_limiter(REDIS_URL), RedisSlidingWindowLimiter)
+
+
+async def test_release_gives_one_admitted_event_back(limiter: RateLimiter) -> None:
+    """An attempt counted up-front that turned out fine is taken back, and only it."""
+    k = key()
+    first = await limiter.hit(k, limit=2, window=10)
+    second = await limiter.hit(k, limit=2, window=10)
+    assert first.event is not None
+    assert second.event is not None
+    assert first.event != second.event
+    assert not (await limiter.hit(k, limit=2, window=10)).allowed
+    await limiter.release(k, first.event)
+    assert (await limiter.peek(k, limit=2, window=10)).count == 1
+    await limiter.release(k, first.event)  # releasing twice changes nothing
+    assert (await limiter.peek(k, limit=2, window=10)).count == 1
+    assert (await limiter.hit(k, limit=2, window=10)).allowed
+
+
+async def test_refused_hits_and_peeks_carry_no_event(limiter: RateLimiter) -> None:
+    k = key()
+    await limiter.hit(k, limit=1, window=10)
+    assert (await limiter.hit(k, limit=1, window=10)).event is None
+    assert (await limiter.peek(k, limit=1, window=10)).event is None

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from clinicguard.settings import Environment, Settings, load_settings, production_problems
+from clinicguard.core.errors import ConfigurationError
+from clinicguard.settings import (
+    Environment,
+    Settings,
+    load_settings,
+    production_problems,
+    unknown_variables,
+)
 
 STRONG = {
     "secret_key": secrets.token_urlsafe(48),
@@ -110,3 +117,48 @@ def test_secrets_do_not_show_in_repr() -> None:
     settings = prod()
     assert STRONG["secret_key"] not in repr(settings)
     assert STRONG["master_key"] not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("CLINICGUARD_MFA_REQUIRED_ROLES", "physician,physicain", "physicain"),
+        ("CLINICGUARD_LOGIN_LOCK_MINUTES", "0,15", "at least 1 minute"),
+        ("CLINICGUARD_PASSWORD_MIN_LENGTH", "100", "larger than the maximum"),
+    ],
+)
+def test_invalid_settings_are_named_without_echoing_any_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, fragment: str
+) -> None:
+    """A configuration error names the setting and the rule, never a value (pydantic's own
+    message would quote every input, secrets included)."""
+    monkeypatch.setenv("CLINICGUARD_SECRET_KEY", "TOP-SECRET-VALUE-that-must-not-print")
+    monkeypatch.setenv("CLINICGUARD_SMTP_PASSWORD", "hunter2-smtp")
+    monkeypatch.setenv("CLINICGUARD_PASSWORD_MAX_LENGTH", "50")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(data_dir=tmp_path)
+    text = str(caught.value)
+    assert fragment in text
+    assert "TOP-SECRET" not in text
+    assert "hunter2" not in text
+
+
+def test_production_needs_an_https_public_url() -> None:
+    assert any(
+        "PUBLIC_BASE_URL" in p
+        for p in production_problems(prod(public_base_url="http://clinicas.example.com.br"))
+    )
+    assert production_problems(prod(public_base_url="HTTPS://clinicas.example.com.br")) == []
+
+
+def test_unknown_variables_are_found_in_any_case() -> None:
+    found = unknown_variables(
+        {
+            "CLINICGUARD_REDIS_URL": "x",
+            "clinicguard_redis_ulr": "y",
+            "CLINICGUARD_TEST_DATABASE_URL": "z",
+            "OTHER": "w",
+        }
+    )
+    assert found == ["clinicguard_redis_ulr"]
