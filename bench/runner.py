@@ -368,9 +368,10 @@ def _even_share(clients_per_worker: list[list[int]] | None, options: RunOptions)
     return keep
 
 
-async def _prepare_side(side: Side, server: Server, ctx: BenchContext) -> _Prepared:
+async def _prepare_side(side: Side, server: Server, ctx: BenchContext, label: str) -> _Prepared:
     """Run the side's setup, build its requests, check the first one answers 2xx, then run
     its background task's setup (if any); each setup gets SETUP_TIMEOUT_SECONDS."""
+    started = time.monotonic()
     async with asyncio.timeout(SETUP_TIMEOUT_SECONDS):
         requests = await side.endpoint.requests(ctx)
         await _smoke_check(ctx, requests[0])
@@ -384,6 +385,8 @@ async def _prepare_side(side: Side, server: Server, ctx: BenchContext) -> _Prepa
     if prepared.background is not None and prepared.background.setup is not None:
         async with asyncio.timeout(SETUP_TIMEOUT_SECONDS):
             prepared.background_state = await prepared.background.setup(ctx)
+    if (took := time.monotonic() - started) >= 1:
+        _progress(f"{label}: set up in {took:.1f} s")
     return prepared
 
 
@@ -400,7 +403,9 @@ async def _measure_scenario(
     measurements = []
     for side in scenario.measured_sides():
         try:
-            prepared = await _prepare_side(side, servers[side.target], contexts[side.target])
+            prepared = await _prepare_side(
+                side, servers[side.target], contexts[side.target], f"{scenario.name}/{side.label}"
+            )
         except Exception as exc:  # noqa: BLE001  # one broken scenario must not cost the others
             measurement = Measurement(side.target, side.label, error=f"{type(exc).__name__}: {exc}")
             measurements.append(measurement)

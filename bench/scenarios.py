@@ -56,7 +56,7 @@ from bench.loadgen import latency_summary
 from bench.servers import run_clinicguard
 
 if TYPE_CHECKING:
-    from bench.measurement import ScenarioResult
+    from bench.measurement import Measurement, ScenarioResult
 
 
 class Target(StrEnum):
@@ -335,25 +335,29 @@ STORM_REQUEST_TIMEOUT_SECONDS = 10.0
 STORM_P99_AIM = 3.0
 """Issue 3: the reads' p99 under the storm at most 3x the quiet p99."""
 _KV_PROBE = "auth-me:kv-probe"
+_UNLOADED = "auth-me:unloaded:"
+
+
+async def access_token(ctx: BenchContext, user: Mapping[str, Any]) -> str:
+    """An access token of a demo user with TOTP (an entry of ``ctx.demo``'s users), signed
+    in once per run: a TOTP code is accepted once per user, so every setup must get its
+    tokens here (kept in ``ctx.cache["access-tokens"]`` by email). A token lives 15 minutes
+    and its session idles out after 30: enough for a run."""
+    tokens: dict[str, str] = ctx.cache.setdefault("access-tokens", {})
+    if user["email"] not in tokens:
+        async with ctx.client() as http:
+            tokens[user["email"]] = await signins.sign_in_with_totp(http, user)
+    return tokens[user["email"]]
 
 
 async def physician_tokens(ctx: BenchContext) -> list[str]:
-    """Access tokens of every demo physician (both clinics), each signed in once per run with
-    password + TOTP (a TOTP code is accepted once per user: later setups reuse the tokens,
-    which live 15 minutes; their sessions idle out after 30)."""
-    if "physician-tokens" not in ctx.cache:
-        physicians = [
-            user
-            for clinic in ctx.demo["clinics"]
-            for user in clinic["users"]
-            if user["role"] == "physician"
-        ]
-        async with ctx.client() as http:
-            ctx.cache["physician-tokens"] = [
-                await signins.sign_in_with_totp(http, user) for user in physicians
-            ]
-    tokens: list[str] = ctx.cache["physician-tokens"]
-    return tokens
+    """Access tokens of every demo physician (both clinics), in the demo file's order."""
+    return [
+        await access_token(ctx, user)
+        for clinic in ctx.demo["clinics"]
+        for user in clinic["users"]
+        if user["role"] == "physician"
+    ]
 
 
 def _me(_ctx: BenchContext, tokens: list[str], i: int) -> HttpRequest:
@@ -362,15 +366,32 @@ def _me(_ctx: BenchContext, tokens: list[str], i: int) -> HttpRequest:
     )
 
 
-async def _tokens_and_kv_probe(ctx: BenchContext) -> list[str]:
-    """The physicians' tokens, and (once) how many key-value commands one GET /me costs."""
+def _bare_user(ctx: BenchContext, _state: object, i: int) -> HttpRequest:
+    return HttpRequest("GET", f"/users/{ctx.user_ids[i % len(ctx.user_ids)]}")
+
+
+async def _probe_unloaded(ctx: BenchContext, requests: list[HttpRequest]) -> None:
+    """(Once per side) the side's latency with nothing else running, for the figures."""
+    if _UNLOADED + ctx.target not in ctx.cache:
+        ctx.cache[_UNLOADED + ctx.target] = await signins.unloaded_latency(ctx.base_url, requests)
+
+
+async def _me_with_probes(ctx: BenchContext) -> list[str]:
+    """The physicians' tokens; and, before the load, how many key-value commands one
+    GET /me costs and its unloaded latency."""
     tokens = await physician_tokens(ctx)
     if _KV_PROBE not in ctx.cache:
         headers = {"Authorization": f"Bearer {tokens[0]}"}
         ctx.cache[_KV_PROBE] = await signins.kv_commands_per_request(
             ctx.base_url, ME_PATH, headers, services.REDIS_URL
         )
+    await _probe_unloaded(ctx, [_me(ctx, tokens, i) for i in range(len(tokens))])
     return tokens
+
+
+async def _bare_with_probe(ctx: BenchContext) -> None:
+    """Before the load: the bare endpoint's unloaded latency."""
+    await _probe_unloaded(ctx, [_bare_user(ctx, None, i) for i in range(len(ctx.user_ids))])
 
 
 ME_READS = Endpoint(setup=physician_tokens, request=_me)
@@ -379,6 +400,10 @@ ME_READS = Endpoint(setup=physician_tokens, request=_me)
 
 def _signed(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:+,.0f} {unit}"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
 
 
 def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
@@ -392,6 +417,14 @@ def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
         cg_cpu, bare_cpu = cg.server_cpu_us_per_request, bare.server_cpu_us_per_request
         if cg_cpu is not None and bare_cpu is not None:
             cpu_us = round(cg_cpu - bare_cpu)
+    unloaded = {
+        side: cache[_UNLOADED + side]["latency_ms"]["p50"]
+        for side in ("clinicguard", "bare")
+        if _UNLOADED + side in cache
+    }
+    unloaded_us = (
+        round((unloaded["clinicguard"] - unloaded["bare"]) * 1000) if len(unloaded) == 2 else None
+    )
     probe: dict[str, Any] = dict(cache.get(_KV_PROBE) or {"error": "not measured"})
     if "error" in probe:
         kv = f"n/a ({probe['error']})"
@@ -402,6 +435,8 @@ def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
         values={
             "auth_cost_p50_us": p50_us,
             "auth_cost_cpu_us_per_request": cpu_us,
+            "auth_cost_unloaded_p50_us": unloaded_us,
+            "unloaded_p50_ms": unloaded,
             "aim_p50_us": AUTH_COST_AIM_US,
             "kv_commands_per_request": probe.get("commands_per_request"),
             "kv_probe": probe,
@@ -410,6 +445,9 @@ def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
         lines=[
             f"  authentication per request: p50 {_signed(p50_us, 'µs')} (aim ≤ "
             f"{AUTH_COST_AIM_US} µs), server CPU {_signed(cpu_us, 'µs')} (clinicguard minus bare)",
+            f"  unloaded (one connection, one request at a time) p50: clinicguard "
+            f"{_ms(unloaded.get('clinicguard'))}, bare {_ms(unloaded.get('bare'))}: "
+            f"{_signed(unloaded_us, 'µs')}",
             f"  key-value commands per GET /me: {kv} (aim: {KV_ROUND_TRIPS_AIM} round trip)",
         ],
     )
@@ -421,12 +459,8 @@ register(
         description="GET /api/v1/me with a physician's Bearer token (signature check cached "
         "per token, session GETEX, PK SELECT of the user) vs the same SELECT unauthenticated: "
         "the cost of authentication",
-        clinicguard=Endpoint(setup=_tokens_and_kv_probe, request=_me),
-        bare=Endpoint(
-            request=lambda ctx, _state, i: HttpRequest(
-                "GET", f"/users/{ctx.user_ids[i % len(ctx.user_ids)]}"
-            ),
-        ),
+        clinicguard=Endpoint(setup=_me_with_probes, request=_me),
+        bare=Endpoint(setup=_bare_with_probe, request=_bare_user),
         figures=_auth_cost,
     )
 )
@@ -456,6 +490,22 @@ async def _storm(
         concurrency=STORM_CONCURRENCY,
         request_timeout=STORM_REQUEST_TIMEOUT_SECONDS,
     )
+
+
+def _cpu_per_signin(
+    quiet: Measurement | None, storm: Measurement | None, signins_measured: int
+) -> float | None:
+    """Server CPU per sign-in, in ms: the storm rounds' server CPU minus what their reads
+    would have cost at the quiet rounds' CPU per request (an estimate: contention makes the
+    reads themselves dearer under the storm)."""
+    if quiet is None or storm is None or not signins_measured:
+        return None
+    quiet_cpu = quiet.server_cpu_us_per_request
+    storm_cpu = [r.server_cpu_seconds for r in storm.rounds]
+    if quiet_cpu is None or None in storm_cpu:
+        return None
+    spent = sum(c for c in storm_cpu if c is not None) - quiet_cpu * storm.requests / 1e6
+    return round(spent / signins_measured * 1000, 1)
 
 
 def _storm_figures(result: ScenarioResult, _cache: Mapping[str, Any]) -> Findings:
@@ -494,7 +544,9 @@ def _storm_figures(result: ScenarioResult, _cache: Mapping[str, Any]) -> Finding
         for b in storms:
             outcomes.update(b["outcomes"])
         signin_latency = latency_summary(histogram)
+        signin_cpu_ms = _cpu_per_signin(quiet, storm, sum(m["signins"] for m in measured))
         values |= {
+            "signin_server_cpu_ms_estimate": signin_cpu_ms,
             "signins_measured": sum(m["signins"] for m in measured),
             "signin_errors_measured": sum(m["errors"] for m in measured),
             "signins_per_second": round(sum(m["signins"] for m in measured) / seconds, 1)
@@ -511,6 +563,11 @@ def _storm_figures(result: ScenarioResult, _cache: Mapping[str, Any]) -> Finding
             f"p99 {signin_latency['p99']:.0f} ms), errors {values['signin_errors_measured']:,}; "
             f"whole storm {values['signins_total']:,}, errors {values['signin_errors_total']:,}"
         )
+        if signin_cpu_ms is not None:
+            lines.append(
+                f"  server CPU per sign-in ≈ {signin_cpu_ms:.1f} ms (the storm rounds' server CPU "
+                "minus their reads at the quiet cpu µs/req; the storm row's cpu µs/req includes it)"
+            )
     return Findings(values=values, lines=lines)
 
 
