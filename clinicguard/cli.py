@@ -19,7 +19,7 @@ from uvicorn.supervisors import Multiprocess
 from clinicguard.auth.mfa import TotpSeeds
 from clinicguard.auth.users import create_user
 from clinicguard.authz.engine import PolicyEngine
-from clinicguard.authz.interfaces import Condition, PolicyContext
+from clinicguard.authz.interfaces import Condition, PolicyContext, PolicyError
 from clinicguard.authz.matrix import permission_matrix
 from clinicguard.clinic.demo import DemoRefused, database_is_empty, seed_demo
 from clinicguard.core.errors import ConfigurationError, ProblemError
@@ -52,7 +52,7 @@ out = Console(stderr=True, soft_wrap=True)
 def _settings() -> Settings:
     try:
         return load_settings()
-    except ConfigurationError as exc:
+    except (ConfigurationError, ValueError, OSError) as exc:  # incl. an unreadable secrets.json
         out.print(f"[red]invalid configuration:[/red]\n{escape(str(exc))}")
         raise typer.Exit(2) from exc
 
@@ -178,11 +178,6 @@ def _run_with_services(
     ``shared_state``: the action changes what the running servers hold in the key-value
     store (sessions, locks), which the in-process store of a CLI process cannot reach."""
     settings = _settings()
-    if shared_state and not settings.secret_key.get_secret_value():
-        # Lock and session keys are derived from the servers' secret: without the same
-        # secret, this process would compute other keys and change nothing.
-        out.print("[red]this command needs the servers' CLINICGUARD_SECRET_KEY[/red]")
-        raise typer.Exit(2)
     if shared_state and not settings.redis_url:
         out.print(
             "[red]this command acts on the servers' shared state: set CLINICGUARD_REDIS_URL "
@@ -285,12 +280,21 @@ def keys_revoke_signing(kid: Annotated[str, typer.Argument(help="The key id (kid
     if not _run_with_services(revoke):
         out.print(f"[red]no signing key {escape(kid)}[/red]")
         raise typer.Exit(1)
-    out.print(f"signing key {escape(kid)} revoked: it verifies nothing from now on")
+    out.print(
+        f"signing key {escape(kid)} revoked: refused from now on (running instances pick"
+        " this up within their 30 s key cache)"
+    )
 
 
 @users_app.command("unlock")
 def users_unlock(email: Annotated[str, typer.Argument(help="The account's email.")]) -> None:
     """Clear an account's sign-in lock and failure counters."""
+    settings = _settings()
+    if not settings.secret_key.get_secret_value():
+        # Lock keys are keyed hashes of the email under the servers' secret: without it this
+        # process would compute other keys and clear nothing.
+        out.print("[red]this command needs the servers' CLINICGUARD_SECRET_KEY[/red]")
+        raise typer.Exit(2)
     _run_with_services(lambda s: s.auth.unlock(None, email=email), shared_state=True)
     out.print(f"unlocked {escape(email)}")
 
@@ -339,13 +343,18 @@ def policy_explain(
     """Print the decision for a role and permission, and the rules that made it."""
     try:
         raw = json.loads(context)
-        if not isinstance(raw, dict):
-            raise TypeError("the context must be a JSON object")
-        facts = {Condition(name): bool(value) for name, value in raw.items()}
+        if not isinstance(raw, dict) or not all(isinstance(v, bool) for v in raw.values()):
+            raise TypeError('the context must be a JSON object of booleans: {"care_team": true}')
+        facts = {Condition(name): value for name, value in raw.items()}
     except (ValueError, TypeError) as exc:
         out.print(f"[red]invalid --context: {escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
-    decision, steps = PolicyEngine.load().explain(role, permission, PolicyContext(facts))
+    try:
+        engine = PolicyEngine.load()
+    except PolicyError as exc:
+        out.print(f"[red]the policy is invalid: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
+    decision, steps = engine.explain(role, permission, PolicyContext(facts))
     verdict = "ALLOW" if decision.allowed else "DENY"
     typer.echo(
         f"{verdict} {role} {permission}: {decision.reason}"

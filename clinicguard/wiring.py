@@ -23,6 +23,7 @@ from clinicguard.auth.policy import (
 from clinicguard.auth.service import AuthConfig, AuthService
 from clinicguard.auth.sessions import DeviceTrust, SessionStore
 from clinicguard.auth.tokens import SigningKeyRing, TokenPurpose, TokenService
+from clinicguard.authz.engine import PolicyEngine
 from clinicguard.core.clock import Clock, SystemClock
 from clinicguard.core.events import SecurityEventSink
 from clinicguard.crypto.secretbox import Hasher
@@ -49,6 +50,9 @@ class Services:
     api_keys: ApiKeyService
     mail: MailSender
     breach: BreachedPasswordChecker
+    policy: PolicyEngine
+    """The authorization policy, loaded (and checked) at start: a malformed policy stops
+    the process instead of surfacing on the first request."""
 
     async def start(self) -> None:
         """Background work that lives with a serving process (the mail queue)."""
@@ -199,4 +203,5 @@ def build_services(
         api_keys=api_keys,
         mail=mail,
         breach=breach,
+        policy=PolicyEngine.load(),
     )

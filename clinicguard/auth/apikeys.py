@@ -146,9 +146,11 @@ class ApiKeyService:
         )
 
     async def authenticate(self, presented: str) -> Principal:
-        """The key's principal; TokenInvalid for anything else. Failed attempts are counted
-        per client IP and refused past the limit (a key carries 256 random bits, so the
-        limit is against noise and load, not guessing); valid keys are never throttled."""
+        """The key's principal; TokenInvalid for anything else. Only failed attempts are
+        counted per client IP (a key carries 256 random bits, so the limit is against noise
+        and load, not guessing); past the limit that address is refused (429) until the
+        window passes, whatever key it sends. Check-then-count is not atomic: a burst of bad
+        keys may slightly exceed the limit."""
         ctx = current_request()
         window = f"apikey:fail:{ctx.client_ip if ctx else 'unknown'}"
         state = await self._limiter.peek(window, limit=FAILURES_PER_IP, window=FAILURE_WINDOW)

@@ -1,5 +1,8 @@
 """FastAPI providers: who is calling (Bearer token, API key, or console cookie + CSRF)."""
 
+# Providers are async (they only read app.state): a plain `def` dependency would run in
+# the threadpool, a thread hop on every request.
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
@@ -24,12 +27,12 @@ CSRF_HEADER = "x-csrf-token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def get_auth(request: Request) -> AuthService:
+async def get_auth(request: Request) -> AuthService:
     service: AuthService = request.app.state.services.auth
     return service
 
 
-def get_api_keys(request: Request) -> ApiKeyService:
+async def get_api_keys(request: Request) -> ApiKeyService:
     service: ApiKeyService = request.app.state.services.api_keys
     return service
 

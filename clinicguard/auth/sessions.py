@@ -123,8 +123,11 @@ class SessionStore:
         ended after, so concurrent sign-ins converge on the newest N (every creator trims
         the same oldest sessions, in the store-wide creation order)."""
         now = self._clock.now().timestamp()
-        # Lives as long as the sessions it orders (it restarts once they have all ended).
-        sequence = await self._kv.increment(f"{_user_tag(user_id)}:seq", ttl=self._absolute)
+        # Renewed on every sign-in, so it outlives every session it orders (it can restart
+        # only once all of the user's sessions have ended).
+        sequence_key = f"{_user_tag(user_id)}:seq"
+        sequence = await self._kv.increment(sequence_key)
+        await self._kv.expire(sequence_key, self._absolute + 60)
         session = Session(
             sid=secrets.token_urlsafe(16),
             u=str(user_id),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clinicguard.authz.interfaces import (
+    KNOWN_FIELDS,
     AuditLevel,
     Condition,
     Decision,
@@ -139,6 +140,10 @@ class PolicyEngine:
             raise PolicyError(f"rule {rule_id}: {exc}") from exc
         if not permissions:
             raise PolicyError(f"rule {rule_id}: no permissions")
+        for kind in ("hide", "mask"):
+            unknown = set(_names(raw.get(kind, []), f"rule {rule_id} {kind}")) - KNOWN_FIELDS
+            if unknown:
+                raise PolicyError(f"rule {rule_id}: {kind} names unknown fields {sorted(unknown)}")
         obligations = Obligations(
             hide=frozenset(_names(raw.get("hide", []), f"rule {rule_id} hide")),
             mask=frozenset(_names(raw.get("mask", []), f"rule {rule_id} mask")),

@@ -66,6 +66,31 @@ class Condition(StrEnum):
     """The patient's consent covers this purpose (filled by the privacy feature)."""
 
 
+#: Field names obligations may hide or mask (the clinic data's response fields); a policy
+#: naming another field is refused, so a misspelling cannot leave a field exposed.
+KNOWN_FIELDS = frozenset(
+    {
+        "full_name",
+        "cpf",
+        "birth_date",
+        "phone",
+        "email",
+        "address",
+        "allergies",
+        "medications",
+        "medical_conditions",
+        "diagnosis",
+        "notes",
+        "treatment",
+        "medication",
+        "dosage",
+        "instructions",
+        "reason",
+        "kind",
+    }
+)
+
+
 class AuditLevel(StrEnum):
     STANDARD = "standard"
     HIGH = "high"
@@ -106,7 +131,8 @@ class PolicyContext:
 
 
 class AccessDenied(Forbidden):
-    """The policy denied the request (the rule that denied it is in the security event)."""
+    """The policy denied the request (the decision names the rule, or none: deny by
+    default)."""
 
     slug = "access-denied"
     default_detail = "You are not allowed to do this."

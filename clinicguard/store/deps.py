@@ -1,5 +1,8 @@
 """FastAPI providers for the storage the app wires in (``app.state``)."""
 
+# Providers are async (they only read app.state): a plain `def` dependency would run in
+# the threadpool, a thread hop on every request.
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -10,12 +13,12 @@ from clinicguard.store.db import Database
 from clinicguard.store.interfaces import KeyValueStore
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     db: Database = request.app.state.database
     return db
 
 
-def get_kv(request: Request) -> KeyValueStore:
+async def get_kv(request: Request) -> KeyValueStore:
     kv: KeyValueStore = request.app.state.kv
     return kv
 

@@ -187,6 +187,8 @@ def _data(**rule: Any) -> dict[str, Any]:
         (_data(effect="deny", conditions=["care_team"]), "deny rules"),
         (_data(audit="extreme"), "extreme"),
         (_data(permissions=[]), "no permissions"),
+        (_data(hide=["alergies"]), "unknown fields"),
+        (_data(mask=["cpf", "passport"]), "unknown fields"),
         ({"roles": {"wizard": {}}, "rules": []}, "not a role"),
         ({"roles": {"nurse": {"inherits": ["ghost"]}}, "rules": []}, "unknown role ghost"),
         ({"roles": {}, "rules": []}, "no [roles]"),
