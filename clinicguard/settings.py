@@ -106,7 +106,10 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19_456, ge=19_456)
     argon2_time_cost: int = Field(default=2, ge=2)
     argon2_parallelism: int = Field(default=1, ge=1, le=16)
-    password_hash_threads: int = Field(default=2, ge=1, le=32)
+    password_hash_threads: int = Field(default=1, ge=1, le=32)
+    """Threads per process that hash passwords; one per worker keeps a sign-in storm from
+    taking every core from request handling (more workers, not more threads, for more
+    sign-ins per second)."""
 
     password_min_length: int = Field(default=12, ge=8, le=128)
     password_max_length: int = Field(default=128, ge=12, le=1024)
