@@ -11,9 +11,11 @@ CLINICGUARD_REQUIRE_SERVICES=1 (set by .ci/run), which turns the skip into a fai
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -133,3 +135,18 @@ def flush_redis() -> None:
         client.flushdb()
     finally:
         client.close()
+
+
+def process_env(data_dir: Path, database: Path, **extra: str) -> dict[str, str]:
+    """The environment of a clinicguard subprocess in tests: test mode, a SQLite database,
+    a fresh secret and master key, and no CLINICGUARD_* variable from the outer shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINICGUARD_")}
+    env.update(
+        CLINICGUARD_ENV="test",
+        CLINICGUARD_DATA_DIR=str(data_dir),
+        CLINICGUARD_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
+        CLINICGUARD_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(48)).decode(),
+        CLINICGUARD_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
+    )
+    env.update(extra)
+    return env

@@ -27,6 +27,7 @@ import pytest
 
 from clinicguard.clinic.cpf import is_valid_cpf
 from clinicguard.store.migrate import upgrade_to_head
+from tests.services import process_env
 
 CLI_TIMEOUT_SECONDS = 60
 MFA_ROLES = {"platform_admin", "clinic_admin", "physician", "nurse", "compliance_officer"}
@@ -43,20 +44,6 @@ CLINIC_KEYS = {"id", "name", "users", "patients"}
 USER_KEYS = {"id", "email", "password", "role", "totp_secret", "care_team"}
 PATIENT_KEYS = {"id", "full_name", "cpf", "user_email"}
 SPECIALS = re.compile(r"[^A-Za-z0-9]")
-
-
-def cli_env(tmp: Path, database: Path, **extra: str) -> dict[str, str]:
-    """A clean environment: only our CLINICGUARD_* settings (test mode, fresh secrets)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINICGUARD_")}
-    env.update(
-        CLINICGUARD_ENV="test",
-        CLINICGUARD_DATA_DIR=str(tmp),
-        CLINICGUARD_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
-        CLINICGUARD_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(48)).decode(),
-        CLINICGUARD_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
-    )
-    env.update(extra)
-    return env
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -109,7 +96,7 @@ class Seeded:
 
 def seed(directory: Path) -> Seeded:
     database = migrated_database(directory)
-    env = cli_env(directory, database)
+    env = process_env(directory, database)
     out_file = directory / "demo-credentials.json"
     result = run_cli("demo", "seed", "--out", str(out_file), env=env, cwd=directory)
     assert result.returncode == 0, result.stderr
@@ -129,7 +116,7 @@ def seeded_copy(seeded: Seeded, tmp_path: Path) -> Seeded:
     shutil.copyfile(seeded.database, database)
     out_file = tmp_path / "demo-credentials.json"
     shutil.copy2(seeded.credentials_file, out_file)
-    env = cli_env(tmp_path, database)
+    env = process_env(tmp_path, database)
     return Seeded(tmp_path, database, out_file, seeded.credentials, env)
 
 
@@ -140,7 +127,7 @@ def all_users(credentials: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_module_help_lists_the_commands(tmp_path: Path) -> None:
     """``python -m clinicguard --help`` works and lists the operator commands."""
-    result = run_cli("--help", env=cli_env(tmp_path, tmp_path / "unused.db"), cwd=tmp_path)
+    result = run_cli("--help", env=process_env(tmp_path, tmp_path / "unused.db"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for command in ("serve", "migrate", "demo"):
         assert command in result.stdout
@@ -150,7 +137,7 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     """``migrate`` builds the schema from the migrations in an empty database."""
     database = tmp_path / "fresh" / "clinicguard.db"
     database.parent.mkdir()
-    result = run_cli("migrate", env=cli_env(tmp_path, database), cwd=tmp_path)
+    result = run_cli("migrate", env=process_env(tmp_path, database), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     tables = {
         row[0] for row in query(database, "SELECT name FROM sqlite_master WHERE type='table'")
@@ -167,7 +154,7 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     } <= tables
     assert query(database, "SELECT count(*) FROM alembic_version") == [(1,)]
     # Running it again is a no-op, not an error.
-    again = run_cli("migrate", env=cli_env(tmp_path, database), cwd=tmp_path)
+    again = run_cli("migrate", env=process_env(tmp_path, database), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
 
 
@@ -399,7 +386,7 @@ def test_seed_is_refused_in_production(tmp_path: Path) -> None:
     database = migrated_database(tmp_path / "db")
     before = dump(database)
     out_file = tmp_path / "demo-credentials.json"
-    env = cli_env(tmp_path, database, CLINICGUARD_ENV="production")
+    env = process_env(tmp_path, database, CLINICGUARD_ENV="production")
     result = run_cli("demo", "seed", "--out", str(out_file), env=env, cwd=tmp_path)
     assert result.returncode != 0
     assert "refused" in result.stderr

@@ -7,7 +7,6 @@ SQLite database under tmp_path, waits for ``/healthz`` and always stops the proc
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import http.client
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from clinicguard.store.migrate import upgrade_to_head
-from tests.services import redis_or_skip
+from tests.services import process_env, redis_or_skip
 
 pytestmark = pytest.mark.slow
 
@@ -42,20 +41,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def server_env(tmp_path: Path, database: Path, **extra: str) -> dict[str, str]:
-    """Test mode, a fresh secret and master key; no CLINICGUARD_* from the outer shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINICGUARD_")}
-    env.update(
-        CLINICGUARD_ENV="test",
-        CLINICGUARD_DATA_DIR=str(tmp_path),
-        CLINICGUARD_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
-        CLINICGUARD_SECRET_KEY=base64.urlsafe_b64encode(os.urandom(48)).decode(),
-        CLINICGUARD_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
-    )
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
@@ -217,7 +202,7 @@ def test_tls_serves_tls13_only(tmp_path: Path, database: Path) -> None:
     """With --tls-cert/--tls-key the server speaks TLS 1.3 and refuses TLS 1.2 and older."""
     cert, key = self_signed_certificate(tmp_path)
     tls13 = client_context(cert, ssl.TLSVersion.TLSv1_3)
-    env = server_env(tmp_path, database)
+    env = process_env(tmp_path, database)
     with serve(tmp_path, env, "--tls-cert", str(cert), "--tls-key", str(key), context=tls13) as srv:
         old = ssl.create_default_context(cafile=str(cert))
         old.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -269,7 +254,7 @@ def test_workers_run_as_separate_processes(tmp_path: Path, database: Path) -> No
     """--workers 2 starts two worker processes under the serve process; both serve, and
     stopping the server stops its workers (none left behind). Workers share sessions
     through Redis, so several workers need it."""
-    env = server_env(tmp_path, database, CLINICGUARD_REDIS_URL=redis_or_skip())
+    env = process_env(tmp_path, database, CLINICGUARD_REDIS_URL=redis_or_skip())
     with serve(tmp_path, env, "--workers", "2") as srv:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
@@ -292,7 +277,7 @@ def test_several_workers_without_redis_are_refused(tmp_path: Path, database: Pat
     would not end the session on another), so ``serve --workers 2`` refuses to start."""
     result = subprocess.run(
         [sys.executable, "-m", "clinicguard", "serve", "--workers", "2", "--port", "1"],
-        env=server_env(tmp_path, database),
+        env=process_env(tmp_path, database),
         capture_output=True,
         text=True,
         timeout=60,
@@ -315,7 +300,7 @@ def test_production_refuses_to_start_naming_every_problem(tmp_path: Path, databa
             "--out",
             str(tmp_path / "demo-credentials.json"),
         ],
-        env=server_env(tmp_path, database),
+        env=process_env(tmp_path, database),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -325,7 +310,7 @@ def test_production_refuses_to_start_naming_every_problem(tmp_path: Path, databa
     assert seed.returncode == 0, seed.stderr
 
     port = free_port()
-    env = server_env(
+    env = process_env(
         tmp_path,
         database,
         CLINICGUARD_ENV="production",
@@ -372,7 +357,7 @@ def test_production_refuses_to_start_naming_every_problem(tmp_path: Path, databa
 def test_real_server_hides_its_software_and_tags_requests(tmp_path: Path, database: Path) -> None:
     """Through the real HTTP server: no ``server`` header (no software/version disclosure)
     and every answer carries an X-Request-ID for correlation."""
-    with serve(tmp_path, server_env(tmp_path, database)) as srv:
+    with serve(tmp_path, process_env(tmp_path, database)) as srv:
         for path in ("/healthz", "/readyz", "/api/v1/does-not-exist"):
             response = _get(srv.port, path)
             headers = {k.lower(): v for k, v in response.getheaders()}
