@@ -129,6 +129,22 @@ async def console_mfa_verify(
     return _set_console_cookies(request, response, result)
 
 
+@router.post(
+    "/auth/switch-clinic",
+    response_model=s.TokenPair | s.ClinicSwitched,
+    responses={**_AUTH_ERRORS, 404: {"description": "Not a clinic of this person"}},
+)
+async def switch_clinic(
+    body: s.SwitchClinicRequest, principal: FullPerson, auth: AuthServiceDep
+) -> s.TokenPair | s.ClinicSwitched:
+    """Act in another clinic this person belongs to. The clinic comes only from here and
+    the token: no header, query or body of any other request selects a tenant."""
+    result = await auth.switch_clinic(principal, body.clinic_id)
+    if result.access_token is None:
+        return s.ClinicSwitched(clinic_id=body.clinic_id, role=result.session.r)
+    return _pair(result)
+
+
 @router.post("/auth/refresh", response_model=s.TokenPair, responses=_AUTH_ERRORS)
 async def refresh(body: s.RefreshRequest, auth: AuthServiceDep) -> s.TokenPair:
     """Spend the refresh token for a new pair (a spent token ends its session)."""

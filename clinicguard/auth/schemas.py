@@ -122,6 +122,17 @@ class MeOut(BaseModel):
     scopes: list[str]
 
 
+class SwitchClinicRequest(StrictModel):
+    clinic_id: uuid.UUID
+
+
+class ClinicSwitched(BaseModel):
+    """A console session's new clinic (a token session gets a new token pair instead)."""
+
+    clinic_id: uuid.UUID
+    role: str
+
+
 class ConsoleSignedIn(BaseModel):
     csrf_token: str
     expires_in: int

@@ -1146,6 +1146,55 @@ class AuthService:
         )
         return codes
 
+    # --- the active clinic ------------------------------------------------------------------
+
+    async def switch_clinic(self, principal: Principal, clinic_id: uuid.UUID) -> SignedIn:
+        """Move this session to another clinic the person is an active member of (an
+        active clinic). Anything else is 404, exactly like a clinic that does not exist.
+        The session's earlier access tokens name the old clinic and stop working at once;
+        its refresh token is spent; token sessions get a new pair."""
+        session = await self._session_of(principal)
+        identity = await self._identity_of(principal)
+        async with self._db.transaction() as db:
+            membership = await db.get(ClinicMembership, (clinic_id, principal.user_id))
+            clinics = await clinic_rows(db, [clinic_id])
+        if (
+            membership is None
+            or not membership.is_active
+            or clinic_id not in clinics
+            or not clinics[clinic_id][2]
+        ):
+            raise NotFound()
+        identity.clinic_id, identity.role = clinic_id, membership.role
+        scope = self._scope(identity, None)  # the new role may need MFA this person lacks
+        previous = session.c
+        if session.rt:
+            await self._kv.delete(refresh_key(session.u, session.rt))
+        switched = replace(session, c=str(clinic_id), r=membership.role, sc=scope, su=0.0, rt="")
+        await self._event(
+            E.AUTH_CLINIC_SWITCHED,
+            Outcome.SUCCESS,
+            user_id=principal.user_id,
+            clinic_id=clinic_id,
+            session_id=session.sid,
+            previous_clinic=previous,
+            role=membership.role,
+        )
+        if session.ck:  # a console session: the cookie stays, the session's clinic changes
+            if not await self._sessions.save(switched):
+                raise TokenInvalid()
+            return SignedIn(
+                session=switched, expires_in=int(switched.ax - switched.ca), device_token=""
+            )
+        access, refresh, switched = await self._issue_pair(switched)
+        return SignedIn(
+            session=switched,
+            expires_in=self._expires_in(switched),
+            device_token="",
+            access_token=access,
+            refresh_token=refresh,
+        )
+
     # --- account views and administration --------------------------------------------------
 
     async def me(self, principal: Principal) -> User:

@@ -44,6 +44,7 @@ class SecurityEventType(StrEnum):
     AUTH_API_KEY_REVOKED = "auth:api_key:revoked"
     AUTH_API_KEY_REJECTED = "auth:api_key:rejected"
     AUTH_SIGNING_KEY_ROTATED = "auth:signing_key:rotated"
+    AUTH_CLINIC_SWITCHED = "auth:session:clinic_switched"
 
 
 class Severity(StrEnum):
