@@ -420,3 +420,45 @@ def test_shared_state_commands_refuse_without_the_shared_store(
     )
     assert result.returncode == 2
     assert "CLINICGUARD_REDIS_URL" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--role", "integration"], "create an API key instead"),
+        (["--role", "physician", "--clinic", "not-a-uuid"], "Not a clinic id"),
+        (["--role", "wizard"], "Unknown role"),
+    ],
+)
+def test_users_create_refusals_name_the_field(
+    seeded_copy: Seeded, extra: list[str], message: str
+) -> None:
+    """A refused account names what is wrong (never a traceback), and creates nothing."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clinicguard",
+            "users",
+            "create",
+            "--email",
+            "nova@clinica.example.com",
+            "--name",
+            "Nova Pessoa",
+            *extra,
+        ],
+        env=seeded_copy.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert message in output
+    assert "Traceback" not in output
+    with sqlite3.connect(seeded_copy.database) as db:
+        found = db.execute(
+            "SELECT count(*) FROM users WHERE email = ?", ("nova@clinica.example.com",)
+        ).fetchone()
+    assert found == (0,)

@@ -145,3 +145,23 @@ async def test_a_console_session_switches_in_place(world: AuthWorld) -> None:
     assert switched.json() == {"clinic_id": str(second), "role": "receptionist"}
     me = (await world.client.get(ME, headers=headers)).json()
     assert me["clinic_id"] == str(second)
+
+
+async def test_an_old_token_after_a_switch_is_recorded_as_clinic_mismatch(
+    world: AuthWorld,
+) -> None:
+    """The pre-switch token still names the old clinic: refused, and recorded with the
+    reason that tells it apart from a logged-out session."""
+    person, _, second = await two_clinic_person(world)
+    tokens = await world.login(person)
+    await world.client.post(SWITCH, json={"clinic_id": str(second)}, headers=world.bearer(tokens))
+    assert (await world.client.get(ME, headers=world.bearer(tokens))).status_code == 401
+    async with world.services.db.transaction() as session:
+        rows = (
+            await session.scalars(
+                select(SecurityEventRecord).where(
+                    SecurityEventRecord.event_type == "auth:token:rejected"
+                )
+            )
+        ).all()
+    assert [r.details["reason"] for r in rows] == ["clinic_mismatch"]

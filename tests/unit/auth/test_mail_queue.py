@@ -102,3 +102,24 @@ def test_only_the_smtp_backend_is_queued(backend: str, tmp_path: object) -> None
     )
     expected = QueuedMailSender if backend == "smtp" else FileMailSender
     assert isinstance(sender, expected)
+
+
+async def test_an_unexpected_error_does_not_stop_the_worker() -> None:
+    """One message that breaks the sender in an unforeseen way is logged; the next ones
+    are still delivered."""
+
+    class Brittle(SlowRelay):
+        async def send(self, mail: Mail) -> None:
+            if mail.subject == "notice 1":
+                raise ValueError("malformed header")
+            await super().send(mail)
+
+    relay = Brittle(delay=0.0)
+    queue = QueuedMailSender(relay)
+    queue.start()
+    with capture_logs() as logs:
+        for n in range(3):
+            await queue.send(mail(n))
+        await queue.stop()
+    assert relay.delivered == ["notice 0", "notice 2"]
+    assert any(entry["event"] == "mail_failed" for entry in logs)
