@@ -570,17 +570,15 @@ class AuthService:
                 csrf_token=csrf,
                 password_change_reason=password_change,
             )
-        access, refresh, session = await self._issue_pair(session)
-        return SignedIn(
-            session=session,
-            expires_in=self._expires_in(session),
-            device_token=device_token,
-            access_token=access,
-            refresh_token=refresh,
-            password_change_reason=password_change,
+        return await self._issue_pair(
+            session, device_token=device_token, password_change=password_change
         )
 
-    async def _issue_pair(self, session: Session) -> tuple[str, str, Session]:
+    async def _issue_pair(
+        self, session: Session, *, device_token: str = "", password_change: str | None = None
+    ) -> SignedIn:
+        """A new access and refresh token for the session; the refresh token becomes its
+        current one (raises TokenInvalid when the session ended meanwhile)."""
         end = datetime.fromtimestamp(session.ax, tz=self._clock.now().tzinfo)
         claims: dict[str, Any] = {"sid": session.sid, "rol": session.r}
         if session.c:
@@ -599,7 +597,14 @@ class AuthService:
         if not await self._sessions.save(session):
             raise TokenInvalid()
         await self._kv.set(refresh_key(session.u, jti), session.sid.encode(), ttl=ttl)
-        return access, refresh, session
+        return SignedIn(
+            session=session,
+            expires_in=self._expires_in(session),
+            device_token=device_token,
+            access_token=access,
+            refresh_token=refresh,
+            password_change_reason=password_change,
+        )
 
     def _expires_in(self, session: Session) -> int:
         """Seconds the access token lives (never past the session's absolute end)."""
@@ -629,19 +634,19 @@ class AuthService:
             if session is None:
                 raise TokenInvalid()  # the session already ended (logout, expiry, revoke)
             await self._reuse_detected(session)
-        access, refresh, session = await self._issue_pair(session)
-        pair = {"a": access, "r": refresh, "s": session.sid, "u": session.u, "j": session.rt}
+        issued = await self._issue_pair(session)
         if grace > 0:
+            pair = {
+                "a": issued.access_token,
+                "r": issued.refresh_token,
+                "s": issued.session.sid,
+                "u": issued.session.u,
+                "j": issued.session.rt,
+            }
             await self._kv.set(
                 grace_key, self._grace_box.seal(json.dumps(pair).encode(), jti), ttl=grace
             )
-        return SignedIn(
-            session=session,
-            expires_in=self._expires_in(session),
-            device_token="",
-            access_token=access,
-            refresh_token=refresh,
-        )
+        return issued
 
     async def _reuse_detected(self, session: Session) -> NoReturn:
         """A spent refresh token came back: end that login's session (its family only)."""
@@ -1186,14 +1191,7 @@ class AuthService:
             return SignedIn(
                 session=switched, expires_in=int(switched.ax - switched.ca), device_token=""
             )
-        access, refresh, switched = await self._issue_pair(switched)
-        return SignedIn(
-            session=switched,
-            expires_in=self._expires_in(switched),
-            device_token="",
-            access_token=access,
-            refresh_token=refresh,
-        )
+        return await self._issue_pair(switched)
 
     # --- account views and administration --------------------------------------------------
 
