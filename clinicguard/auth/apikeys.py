@@ -31,7 +31,7 @@ from clinicguard.core.principal import Principal, Role
 from clinicguard.crypto.secretbox import Hasher
 from clinicguard.ratelimit.interfaces import RateLimiter
 from clinicguard.store.db import Database
-from clinicguard.store.interfaces import TenantContext
+from clinicguard.store.interfaces import TenantContext, tenant_of
 from clinicguard.store.tenancy import Clinic
 
 KEY_PREFIX = "cgk_"
@@ -41,6 +41,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 MAX_KEY_LIFETIME = timedelta(days=730)
 FAILURES_PER_IP = 20
 FAILURE_WINDOW = 900
+#: The one prefix a lookup may read before the key's clinic is known (row-level security).
+PREFIX_SETTING = "app.api_key_prefix"
 
 
 def looks_like_api_key(value: str) -> bool:
@@ -100,9 +102,7 @@ class ApiKeyService:
             created_at=self._clock.now(),
             expires_at=expires_at,
         )
-        async with self._db.transaction(
-            TenantContext(clinic_id, principal.user_id, str(principal.role))
-        ) as session:
+        async with self._db.transaction(tenant_of(principal)) as session:
             session.add(key)
         await self._events.record(
             SecurityEvent(
@@ -117,9 +117,7 @@ class ApiKeyService:
 
     async def list(self, principal: Principal) -> list[ApiKey]:
         clinic_id = self._require_admin(principal)
-        async with self._db.transaction(
-            TenantContext(clinic_id, principal.user_id, str(principal.role))
-        ) as session:
+        async with self._db.transaction(tenant_of(principal)) as session:
             rows = await session.scalars(
                 select(ApiKey).where(ApiKey.clinic_id == clinic_id).order_by(ApiKey.created_at)
             )
@@ -127,9 +125,7 @@ class ApiKeyService:
 
     async def revoke(self, principal: Principal, key_id: uuid.UUID) -> None:
         clinic_id = self._require_admin(principal)
-        async with self._db.transaction(
-            TenantContext(clinic_id, principal.user_id, str(principal.role))
-        ) as session:
+        async with self._db.transaction(tenant_of(principal)) as session:
             key = await session.get(ApiKey, (clinic_id, key_id))
             if key is None:
                 raise NotFound()  # another clinic's key looks exactly like a missing one
@@ -162,7 +158,10 @@ class ApiKeyService:
             raise TokenInvalid()
         now = self._clock.now()
         async with self._db.transaction() as session:
+            await self._db.set_setting(session, PREFIX_SETTING, match.group(1))
             key = await session.scalar(select(ApiKey).where(ApiKey.prefix == match.group(1)))
+            if key is not None:
+                await self._db.set_tenant(session, TenantContext(key.clinic_id, key.id))
             clinic_active = key is not None and bool(
                 await session.scalar(select(Clinic.is_active).where(Clinic.id == key.clinic_id))
             )

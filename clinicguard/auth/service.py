@@ -72,7 +72,7 @@ from clinicguard.core.principal import (
 from clinicguard.crypto.secretbox import Hasher, SecretBox
 from clinicguard.ratelimit.interfaces import RateLimiter
 from clinicguard.store.db import Database
-from clinicguard.store.interfaces import KeyValueStore
+from clinicguard.store.interfaces import KeyValueStore, TenantContext, tenant_of
 from clinicguard.store.tenancy import clinic_rows
 
 E = SecurityEventType
@@ -193,6 +193,7 @@ class AuthService:
             user = await session.scalar(query)
             if user is None:
                 return None
+            await self._db.set_tenant(session, TenantContext.person(user.id))
             memberships = (
                 await session.scalars(
                     select(ClinicMembership)
@@ -1160,7 +1161,7 @@ class AuthService:
         its refresh token is spent; token sessions get a new pair."""
         session = await self._session_of(principal)
         identity = await self._identity_of(principal)
-        async with self._db.transaction() as db:
+        async with self._db.transaction(TenantContext.person(principal.user_id)) as db:
             membership = await db.get(ClinicMembership, (clinic_id, principal.user_id))
             clinics = await clinic_rows(db, [clinic_id])
         if (
@@ -1214,7 +1215,7 @@ class AuthService:
         if identity is None:
             raise NotFound()
         if principal is not None:
-            async with self._db.transaction() as session:
+            async with self._db.transaction(tenant_of(principal)) as session:
                 member = await session.get(
                     ClinicMembership, (principal.clinic_id, identity.user.id)
                 )

@@ -13,6 +13,7 @@ from clinicguard.core.errors import Conflict, FieldError, NotFound, ValidationFa
 from clinicguard.core.principal import CLINIC_ROLES, Role
 from clinicguard.core.schemas import contains_control_characters
 from clinicguard.store.db import Database
+from clinicguard.store.interfaces import TenantContext
 from clinicguard.store.tenancy import Clinic
 
 
@@ -71,5 +72,6 @@ async def create_user(
                 ) from exc
             if await session.get(Clinic, cid) is None:
                 raise NotFound("No such clinic.")
+            await db.set_tenant(session, TenantContext.system(cid))
             session.add(ClinicMembership(clinic_id=cid, user_id=user.id, role=str(role_value)))
     return password

@@ -34,6 +34,7 @@ from clinicguard.clinic.models import (
 from clinicguard.core.ids import new_id
 from clinicguard.core.principal import Role
 from clinicguard.store.db import Database
+from clinicguard.store.interfaces import TenantContext
 
 #: Roles that must have MFA (the demo enrolls TOTP for each of them).
 MFA_REQUIRED_ROLES = frozenset(
@@ -139,8 +140,14 @@ def _email_local(full_name: str) -> str:
 
 class _Seeder:
     def __init__(
-        self, session: AsyncSession, hasher: PasswordHashing, seeds: TotpSeeds, now: datetime
+        self,
+        db: Database,
+        session: AsyncSession,
+        hasher: PasswordHashing,
+        seeds: TotpSeeds,
+        now: datetime,
     ) -> None:
+        self.db = db
         self.session = session
         self.hasher = hasher
         self.seeds = seeds
@@ -192,6 +199,8 @@ class _Seeder:
         )
         self.session.add(clinic)
         await self.session.flush()
+        # Row-level security: this clinic's rows are written in this clinic's scope.
+        await self.db.set_tenant(self.session, TenantContext.system(clinic.id))
         users_out: list[dict[str, Any]] = []
         care_team: list[User] = []
         physician_on_care: User | None = None
@@ -398,7 +407,7 @@ async def seed_demo(
         raise DemoRefused("the database already holds data; the demo seeds only an empty one")
     now = now or datetime.now(UTC)
     async with db.transaction() as session:
-        seeder = _Seeder(session, hasher, seeds, now)
+        seeder = _Seeder(db, session, hasher, seeds, now)
         _admin, admin_creds = await seeder.user(
             "plataforma.admin@clinicguard.example.com",
             "Administração da Plataforma",

@@ -34,6 +34,7 @@ __all__ = [
     "Appointment",
     "CareTeamMember",
     "Clinic",
+    "EmergencyGrant",
     "MedicalRecord",
     "Patient",
     "Prescription",
@@ -228,4 +229,33 @@ class Prescription(TenantOwned, Base):
             "patient_id",
             "issued_at",
         ),
+    )
+
+
+class EmergencyGrant(TenantOwned, Base):
+    """Break-glass: a time-boxed grant to one professional for one patient's clinical data,
+    with the justification they gave. Never updated except to end it early."""
+
+    __tablename__ = "emergency_grants"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    patient_id: Mapped[uuid.UUID] = mapped_column()
+    grantee_id: Mapped[uuid.UUID] = mapped_column()
+    justification: Mapped[str] = mapped_column(Text)
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        _patient_fk(),
+        _member_fk("grantee_id"),
+        CheckConstraint("granted_at < expires_at", name="time_order"),
+        CheckConstraint("length(justification) >= 20", name="justification"),
+        Index(
+            "ix_emergency_grants_clinic_id_patient_id_grantee_id",
+            "clinic_id",
+            "patient_id",
+            "grantee_id",
+        ),
+        Index("ix_emergency_grants_clinic_id_granted_at", "clinic_id", "granted_at"),
     )

@@ -97,21 +97,37 @@ class Database:
         cannot be reached or times out."""
         try:
             async with self._sessions() as session, session.begin():
-                session.info["tenant"] = tenant
-                if tenant is not None and self.has_row_level_security:
-                    await session.execute(
-                        _SET_TENANT,
-                        {
-                            "clinic_id": str(tenant.clinic_id or ""),
-                            "user_id": str(tenant.user_id or ""),
-                            "role": tenant.role or "",
-                        },
-                    )
+                if tenant is not None:
+                    await self.set_tenant(session, tenant)
                 yield session
         except (DBAPIError, PoolTimeout, OSError, TimeoutError) as exc:
             if _is_connectivity_error(exc):
                 raise DatabaseUnavailable() from exc
             raise
+
+    async def set_tenant(self, session: AsyncSession, tenant: TenantContext) -> None:
+        """Scope the rest of an open transaction to ``tenant`` (sign-in learns who is
+        signing in half-way through its transaction)."""
+        session.info["tenant"] = tenant
+        if self.has_row_level_security:
+            await session.execute(
+                _SET_TENANT,
+                {
+                    "clinic_id": str(tenant.clinic_id or ""),
+                    "user_id": str(tenant.user_id or ""),
+                    "role": tenant.role or "",
+                },
+            )
+
+    async def set_setting(self, session: AsyncSession, name: str, value: str) -> None:
+        """Set one more ``app.*`` setting for the rest of the transaction (PostgreSQL; a
+        no-op where there is no row-level security to read it)."""
+        if not name.startswith("app.") or name in TENANT_SETTINGS:
+            raise ValueError(f"not an extra tenant setting: {name}")
+        if self.has_row_level_security:
+            await session.execute(
+                text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value}
+            )
 
     async def ping(self) -> None:
         """Return when the database answers a trivial query; raise DatabaseUnavailable.

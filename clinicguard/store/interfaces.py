@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from clinicguard.core.errors import ServiceUnavailable
+from clinicguard.core.principal import Principal
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -23,6 +24,10 @@ class KeyValueTypeError(Exception):
     """A key holds a value of another kind than the operation needs (a programming error)."""
 
 
+#: The role row-level security gives maintenance work inside one clinic.
+SYSTEM_ROLE = "system"
+
+
 @dataclass(frozen=True, slots=True)
 class TenantContext:
     """What a transaction is scoped to. On PostgreSQL it is set with ``set_config(..., true)``
@@ -31,6 +36,23 @@ class TenantContext:
     clinic_id: uuid.UUID | None
     user_id: uuid.UUID | None = None
     role: str | None = None
+
+    @classmethod
+    def system(cls, clinic_id: uuid.UUID) -> TenantContext:
+        """Maintenance work (seeding, re-encryption) for one clinic: all of that clinic's
+        rows, never another clinic's."""
+        return cls(clinic_id, None, SYSTEM_ROLE)
+
+    @classmethod
+    def person(cls, user_id: uuid.UUID) -> TenantContext:
+        """A person before a clinic is chosen (sign-in): their own memberships only."""
+        return cls(None, user_id, None)
+
+
+def tenant_of(principal: Principal) -> TenantContext:
+    """The transaction scope of an authenticated request: the clinic of its verified token
+    (or API key), the actor and their role in that clinic."""
+    return TenantContext(principal.clinic_id, principal.user_id, str(principal.role))
 
 
 class KeyValueStore(Protocol):

@@ -17,6 +17,7 @@ from clinicguard.auth.mfa import TotpSeeds, new_seed
 from clinicguard.auth.models import ClinicMembership, User
 from clinicguard.core.clock import Clock
 from clinicguard.core.principal import Role
+from clinicguard.store.interfaces import TenantContext
 from clinicguard.store.tenancy import Clinic
 from clinicguard.wiring import Services
 
@@ -103,6 +104,7 @@ async def add_person(
         session.add(user)
         await session.flush()
         if role is not Role.PLATFORM_ADMIN and clinic_id is not None:
+            await services.db.set_tenant(session, TenantContext.system(clinic_id))
             session.add(ClinicMembership(clinic_id=clinic_id, user_id=user_id, role=str(role)))
     return Person(
         id=user_id,

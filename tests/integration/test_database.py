@@ -33,13 +33,10 @@ async def seed_two_clinics(db: Database) -> dict[str, uuid.UUID]:
     doctor_a, doctor_b = f.user(), f.user()
     async with db.transaction() as s:
         s.add_all([a, b, doctor_a, doctor_b])
-        await s.flush()
-        s.add_all(
-            [
-                f.membership(a.id, doctor_a.id, "physician"),
-                f.membership(b.id, doctor_b.id, "physician"),
-            ]
-        )
+    async with db.transaction(TenantContext.system(b.id)) as s:
+        s.add(f.membership(b.id, doctor_b.id, "physician"))
+    async with db.transaction(TenantContext.system(a.id)) as s:
+        s.add(f.membership(a.id, doctor_a.id, "physician"))
         await s.flush()
         patient_a = f.patient(a.id)
         s.add(patient_a)
@@ -56,26 +53,29 @@ async def test_a_record_cannot_point_at_another_clinics_patient(database: Databa
     """clinic_id leads every foreign key: the database itself refuses a clinic-B record
     about a clinic-A patient, whatever the application does."""
     ids = await seed_two_clinics(database)
+    # (as maintenance in the writing clinic, so row-level security lets the rows through
+    # and the foreign keys are what refuses them)
     with pytest.raises(IntegrityError):
-        async with database.transaction() as s:
+        async with database.transaction(TenantContext.system(ids["clinic_b"])) as s:
             s.add(f.medical_record(ids["clinic_b"], ids["patient_a"], ids["doctor_b"]))
     with pytest.raises(IntegrityError):
-        async with database.transaction() as s:  # author from another clinic
+        async with database.transaction(TenantContext.system(ids["clinic_a"])) as s:
             s.add(f.medical_record(ids["clinic_a"], ids["patient_a"], ids["doctor_b"]))
-    async with database.transaction() as s:
+    async with database.transaction(TenantContext.system(ids["clinic_a"])) as s:
         s.add(f.medical_record(ids["clinic_a"], ids["patient_a"], ids["doctor_a"]))
 
 
 async def test_cpf_is_unique_within_a_clinic_only(database: Database) -> None:
     ids = await seed_two_clinics(database)
-    async with database.transaction() as s:
+    async with database.transaction(TenantContext.system(ids["clinic_a"])) as s:
         first = await s.get(Patient, (ids["clinic_a"], ids["patient_a"]))
         assert first is not None
         cpf = first.cpf
-    async with database.transaction() as s:  # the same person at another clinic is fine
+    # the same person at another clinic is fine
+    async with database.transaction(TenantContext.system(ids["clinic_b"])) as s:
         s.add(f.patient(ids["clinic_b"], cpf=cpf))
     with pytest.raises(IntegrityError):
-        async with database.transaction() as s:
+        async with database.transaction(TenantContext.system(ids["clinic_a"])) as s:
             s.add(f.patient(ids["clinic_a"], cpf=cpf))
 
 
@@ -84,7 +84,7 @@ async def test_failed_transaction_leaves_nothing_half_written(database: Database
     new_clinic = f.clinic()
 
     async def write_clinic_then_break_a_constraint() -> None:
-        async with database.transaction() as s:
+        async with database.transaction(TenantContext.system(ids["clinic_b"])) as s:
             s.add(new_clinic)
             await s.flush()
             s.add(f.medical_record(ids["clinic_b"], ids["patient_a"], ids["doctor_b"]))

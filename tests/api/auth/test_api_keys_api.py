@@ -19,13 +19,14 @@ from clinicguard.audit.models import SecurityEventRecord
 from clinicguard.auth.deps import CurrentPrincipal
 from clinicguard.auth.models import ApiKey
 from clinicguard.core.principal import Role
+from clinicguard.store.interfaces import TenantContext
 from clinicguard.store.tenancy import Clinic
 from tests.conftest import AuthWorld, client_for
 from tests.factories.people import Person, add_clinic, add_person
 
 PROBE_URL = "/api/v1/_probe_api_keys/principal"
 KEYS_URL = "/api/v1/api-keys"
-SCOPES = ["patients:read", "appointments:write"]
+SCOPES = ["patients:read", "appointments:create"]
 BODIES: dict[str, dict[str, Any]] = {
     KEYS_URL: {"name": "x", "scopes": ["patients:read"]},
     "/api/v1/auth/password": {"current_password": "x", "new_password": "Gir@ssol-Azul7"},
@@ -108,7 +109,7 @@ async def test_created_key_is_shown_once_and_stored_hashed(keys_world: AuthWorld
     secret_part = key[len(f"cgk_{created['prefix']}_") :]  # the secret may contain "_"
     assert len(secret_part) == 43
     assert secret_part not in listed.text
-    async with world.services.db.transaction() as session:
+    async with world.services.db.transaction(TenantContext.system(admin.clinic_id)) as session:
         rows = list((await session.scalars(select(ApiKey))).all())
     assert len(rows) == 1
     stored = " ".join(str(getattr(rows[0], c.key)) for c in ApiKey.__table__.columns)
@@ -240,7 +241,7 @@ async def test_only_a_clinic_admin_creates_keys(keys_world: AuthWorld) -> None:
         assert response.status_code == 403
         assert response.headers["content-type"].startswith("application/problem+json")
         assert (await world.client.get(KEYS_URL, headers=world.bearer(tokens))).status_code == 403
-    async with world.services.db.transaction() as session:
+    async with world.services.db.transaction(TenantContext.system(clinic.id)) as session:
         assert list((await session.scalars(select(ApiKey))).all()) == []
 
 
@@ -291,11 +292,11 @@ async def test_last_used_at_is_set_after_use(keys_world: AuthWorld) -> None:
 async def test_invalid_scopes_are_422(keys_world: AuthWorld, scopes: list[str]) -> None:
     """Scopes must be resource:action names; anything else is a 422 and no key is made."""
     world = keys_world
-    _, tokens = await admin_of_new_clinic(world)
+    admin, tokens = await admin_of_new_clinic(world)
     response = await create_key(world, tokens, scopes=scopes)
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
-    async with world.services.db.transaction() as session:
+    async with world.services.db.transaction(TenantContext.system(admin.clinic_id)) as session:
         assert list((await session.scalars(select(ApiKey))).all()) == []
 
 

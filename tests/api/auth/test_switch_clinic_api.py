@@ -11,6 +11,7 @@ from sqlalchemy import select
 from clinicguard.audit.models import SecurityEventRecord
 from clinicguard.auth.models import ClinicMembership
 from clinicguard.core.principal import Role
+from clinicguard.store.interfaces import TenantContext
 from tests.conftest import AuthWorld
 from tests.factories.people import Person, add_clinic, add_person
 
@@ -28,7 +29,7 @@ async def two_clinic_person(
 ) -> tuple[Person, uuid.UUID, uuid.UUID]:
     a, b = await add_clinic(world.services), await add_clinic(world.services)
     person = await add_person(world.services, a.id, first, mfa=mfa)
-    async with world.services.db.transaction() as session:
+    async with world.services.db.transaction(TenantContext.system(b.id)) as session:
         session.add(
             ClinicMembership(clinic_id=b.id, user_id=person.id, role=str(second), is_active=active)
         )
@@ -72,7 +73,7 @@ async def test_a_clinic_the_person_does_not_belong_to_is_a_404(world: AuthWorld)
     person, first, inactive_membership = await two_clinic_person(world, active=False)
     other = await add_clinic(world.services)
     closed = await add_clinic(world.services, is_active=False)
-    async with world.services.db.transaction() as session:
+    async with world.services.db.transaction(TenantContext.system(closed.id)) as session:
         session.add(ClinicMembership(clinic_id=closed.id, user_id=person.id, role="physician"))
     tokens = await world.login(person)
     bodies: list[dict[str, Any]] = []
