@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 
 from clinicguard import __version__
 from clinicguard.auth import api as auth_api
+from clinicguard.clinic import api as clinic_api
 from clinicguard.core.clock import Clock
 from clinicguard.core.logging import configure_logging
 from clinicguard.http import api as health_api
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(health_api.router)
     app.include_router(auth_api.router)
     app.include_router(auth_api.wellknown)
+    app.include_router(clinic_api.router)
 
     if not settings.is_production:
 

@@ -24,6 +24,10 @@ from clinicguard.auth.service import AuthConfig, AuthService
 from clinicguard.auth.sessions import DeviceTrust, SessionStore
 from clinicguard.auth.tokens import SigningKeyRing, TokenPurpose, TokenService
 from clinicguard.authz.engine import PolicyEngine
+from clinicguard.authz.interfaces import Permission
+from clinicguard.authz.service import Authorizer
+from clinicguard.clinic.service import ClinicDataService
+from clinicguard.clinic.staff import StaffService
 from clinicguard.core.clock import Clock, SystemClock
 from clinicguard.core.events import SecurityEventSink
 from clinicguard.crypto.secretbox import Hasher
@@ -53,6 +57,9 @@ class Services:
     policy: PolicyEngine
     """The authorization policy, loaded (and checked) at start: a malformed policy stops
     the process instead of surfacing on the first request."""
+    authorizer: Authorizer
+    clinic: ClinicDataService
+    staff: StaffService
 
     async def start(self) -> None:
         """Background work that lives with a serving process (the mail queue)."""
@@ -188,7 +195,16 @@ def build_services(
         ),
         master_key=master_key,
     )
-    api_keys = ApiKeyService(db, Hasher(master_key, "api-key"), clock, events, limiter)
+    api_keys = ApiKeyService(
+        db,
+        Hasher(master_key, "api-key"),
+        clock,
+        events,
+        limiter,
+        scopes=frozenset(str(p) for p in Permission),
+    )
+    policy = PolicyEngine.load()
+    authorizer = Authorizer(policy, events)
     return Services(
         settings=settings,
         db=db,
@@ -203,5 +219,15 @@ def build_services(
         api_keys=api_keys,
         mail=mail,
         breach=breach,
-        policy=PolicyEngine.load(),
+        policy=policy,
+        authorizer=authorizer,
+        clinic=ClinicDataService(db, authorizer, clock, events),
+        staff=StaffService(
+            db=db,
+            authorizer=authorizer,
+            auth=auth,
+            passwords=passwords,
+            clock=clock,
+            events=events,
+        ),
     )

@@ -57,7 +57,12 @@ class ApiKeyService:
         clock: Clock,
         events: SecurityEventSink,
         limiter: RateLimiter,
+        *,
+        scopes: frozenset[str],
     ) -> None:
+        self._scopes = scopes
+        """The permissions a key may carry (the authorization policy's, given at wiring:
+        authentication sits below authorization and does not import it)."""
         self._db = db
         self._limiter = limiter
         self._hasher = hasher
@@ -79,9 +84,9 @@ class ApiKeyService:
     ) -> tuple[ApiKey, str]:
         clinic_id = self._require_admin(principal)
         errors = [
-            FieldError("body.scopes", f"Unknown scope format: {s!r}.")
+            FieldError("body.scopes", f"Unknown scope: {s[:60]!r}.")
             for s in scopes
-            if not _SCOPE.fullmatch(s)
+            if not _SCOPE.fullmatch(s) or s not in self._scopes
         ]
         if expires_at is not None and expires_at <= self._clock.now():
             errors.append(FieldError("body.expires_at", "Must be in the future."))
@@ -161,7 +166,9 @@ class ApiKeyService:
             await self._db.set_setting(session, PREFIX_SETTING, match.group(1))
             key = await session.scalar(select(ApiKey).where(ApiKey.prefix == match.group(1)))
             if key is not None:
-                await self._db.set_tenant(session, TenantContext(key.clinic_id, key.id))
+                await self._db.set_tenant(
+                    session, TenantContext(key.clinic_id, key.id, str(Role.INTEGRATION))
+                )
             clinic_active = key is not None and bool(
                 await session.scalar(select(Clinic.is_active).where(Clinic.id == key.clinic_id))
             )

@@ -147,6 +147,17 @@ _NOTICES: dict[str, tuple[str, str]] = {
         "within {minutes} minutes (POST /api/v1/auth/password/reset):\n\n{token}\n\n"
         "{link}\n\nIf it was not you, ignore this message: your password is unchanged.",
     ),
+    "account_created": (
+        "Your clinicguard account",
+        "An administrator of {clinic} created a clinicguard account for you. Choose your "
+        "password within {minutes} minutes with this token (POST /api/v1/auth/password/reset):"
+        "\n\n{token}\n\n{link}\n\nIf you did not expect this, ignore this message.",
+    ),
+    "clinic_membership_added": (
+        "You were added to a clinic",
+        "An administrator of {clinic} gave your clinicguard account access to that clinic "
+        "as {role}{when}. If this is unexpected, contact that clinic.",
+    ),
     "mfa_enabled": (
         "Two-factor authentication enabled",
         "Two-factor authentication was turned on for your clinicguard account{when}.",

@@ -810,14 +810,20 @@ class AuthService:
         identity = await self._identity(email=email)
         if identity is None:
             raise NotFound("No such user.")
-        ended = await self._sessions.revoke_all(identity.user.id)
+        return await self.end_sessions_of(identity.user.id, identity.clinic_id, "operator_revoked")
+
+    async def end_sessions_of(
+        self, user_id: uuid.UUID, clinic_id: uuid.UUID | None, reason: str
+    ) -> int:
+        """End every session of a user (their access changed: role, membership, account)."""
+        ended = await self._sessions.revoke_all(user_id)
         await self._event(
             E.AUTH_SESSION_REVOKED,
             Outcome.SUCCESS,
             severity=Severity.MEDIUM,
-            user_id=identity.user.id,
-            clinic_id=identity.clinic_id,
-            reason="operator_revoked",
+            user_id=user_id,
+            clinic_id=clinic_id,
+            reason=reason,
             count=len(ended),
         )
         return len(ended)
@@ -952,6 +958,36 @@ class AuthService:
             minutes=self._tokens.lifetime(TokenPurpose.RESET) // 60,
             link=f"{self._config.public_base_url}/console/#reset={token}",
         )
+
+    async def send_password_setup(self, user_id: uuid.UUID, clinic_name: str) -> None:
+        """A new account's first password goes through a reset link mailed to its owner:
+        the administrator who created the account never sees or chooses a password."""
+        identity = await self._identity(user_id=user_id)
+        if identity is None:
+            raise NotFound()
+        user = identity.user
+        token, _ = await self._tokens.issue(
+            TokenPurpose.RESET, user.id, pwh=self._reset_binding.hexdigest(user.password_hash, 32)
+        )
+        await self._notifier.notify(
+            user.email,
+            "account_created",
+            clinic=clinic_name,
+            token=token,
+            minutes=self._tokens.lifetime(TokenPurpose.RESET) // 60,
+            link=f"{self._config.public_base_url}/console/#reset={token}",
+        )
+
+    async def notify_membership(self, user_id: uuid.UUID, clinic_name: str, role: str) -> None:
+        identity = await self._identity(user_id=user_id)
+        if identity is not None:
+            await self._notifier.notify(
+                identity.user.email,
+                "clinic_membership_added",
+                clinic=clinic_name,
+                role=role,
+                when=self._when(),
+            )
 
     async def reset_password(self, token: str, new: str) -> None:
         try:

@@ -203,6 +203,12 @@ class PolicyEngine:
                 )
         return Decision(False, permission, role, None, "no rule allows it (deny by default)")
 
+    def could_allow(self, role: str, permission: Permission) -> bool:
+        """Whether any facts at all could make ``permission`` allowed for ``role`` (a role
+        that can never read records is told 403 before anything is looked up)."""
+        rules = [r for r in self._candidates(role) if permission in r.permissions]
+        return any(r.allow for r in rules) and not any(not r.allow for r in rules)
+
     def explain(
         self, role: str, permission: str, context: PolicyContext | None = None
     ) -> tuple[Decision, list[TraceStep]]:

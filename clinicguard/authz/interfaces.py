@@ -18,6 +18,7 @@ class Permission(StrEnum):
     PATIENTS_UPDATE = "patients:update"
     RECORDS_READ = "records:read"
     RECORDS_CREATE = "records:create"
+    NURSING_NOTES_CREATE = "nursing_notes:create"
     PRESCRIPTIONS_READ = "prescriptions:read"
     PRESCRIPTIONS_CREATE = "prescriptions:create"
     TREATMENTS_READ = "treatments:read"

@@ -45,6 +45,12 @@ class SecurityEventType(StrEnum):
     AUTH_API_KEY_REJECTED = "auth:api_key:rejected"
     AUTH_SIGNING_KEY_ROTATED = "auth:signing_key:rotated"
     AUTH_CLINIC_SWITCHED = "auth:session:clinic_switched"
+    AUTHZ_ACCESS_DENIED = "authz:access:denied"
+    AUTHZ_EMERGENCY_GRANTED = "authz:emergency:granted"
+    AUTHZ_EMERGENCY_ACCESS = "authz:emergency:access"
+    """An access allowed only by a break-glass grant (every one is reviewed)."""
+    ADMIN_USER_CREATED = "admin:user:created"
+    ADMIN_USER_UPDATED = "admin:user:updated"
 
 
 class Severity(StrEnum):

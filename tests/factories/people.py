@@ -55,13 +55,12 @@ async def password_hash(services: Services, password: str) -> str:
 
 
 async def add_clinic(services: Services, **overrides: Any) -> Clinic:
-    clinic = Clinic(
-        id=uuid.uuid4(),
-        name=overrides.pop("name", f"Clínica {uuid.uuid4().hex[:6]}"),
-        opens_at_minute=0,
-        closes_at_minute=24 * 60,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "name": f"Clínica {uuid.uuid4().hex[:6]}",
+        "opens_at_minute": 0,
+        "closes_at_minute": 24 * 60,
+    }
+    clinic = Clinic(id=uuid.uuid4(), **{**values, **overrides})
     async with services.db.transaction() as session:
         session.add(clinic)
     return clinic

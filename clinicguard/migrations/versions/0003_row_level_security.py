@@ -4,7 +4,10 @@ the emergency_grants table.
 
 Policies read three settings the application sets per transaction with
 ``set_config(..., true)`` (see clinicguard.store.db.Database.transaction): ``app.clinic_id``,
-``app.user_id`` and ``app.role``. A transaction that sets none sees no tenant rows at all.
+``app.user_id`` and ``app.role``. A transaction that sets none sees no tenant rows at all,
+and one that names no role sees none either. Each table has one policy per command: what
+SELECT sees, what INSERT and UPDATE may write, what DELETE may remove (clinical records,
+prescriptions and break-glass grants have no DELETE policy: append-only).
 ``ENABLE`` and ``FORCE`` make the policies bind the table owner too; only a superuser or a
 BYPASSRLS role escapes them, and the application refuses to start as either.
 
@@ -19,6 +22,8 @@ Revises: 0002
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from alembic import op
@@ -72,44 +77,112 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
 $$
 """
 
-SAME_CLINIC = "clinic_id = cg_clinic_id()"
-# A patient sees only their own row (and appointments); staff see their clinic's.
-OWN_IF_PATIENT = (
-    "clinic_id = cg_clinic_id() AND (cg_role() IS DISTINCT FROM 'patient' OR {own})"
-)
+def _roles(*names: str) -> str:
+    return "cg_role() IN (" + ", ".join(f"'{n}'" for n in names) + ")"
 
-#: table -> (USING, WITH CHECK)
-POLICIES: dict[str, tuple[str, str]] = {
-    "patients": (OWN_IF_PATIENT.format(own="user_id = cg_user_id()"), SAME_CLINIC),
-    "appointments": (
-        OWN_IF_PATIENT.format(
-            own="EXISTS (SELECT 1 FROM patients p WHERE p.clinic_id = appointments.clinic_id"
-            " AND p.id = appointments.patient_id AND p.user_id = cg_user_id())"
+
+#: Every role that works for the clinic (and maintenance): not a patient, and never a
+#: transaction that named no role at all.
+STAFF = _roles(
+    "system",
+    "clinic_admin",
+    "physician",
+    "nurse",
+    "receptionist",
+    "compliance_officer",
+    "integration",
+)
+#: Who may write a patient's demographics and appointments.
+FRONT_DESK = _roles("system", "clinic_admin", "physician", "nurse", "receptionist", "integration")
+ADMIN = _roles("system", "clinic_admin")
+CLINIC = "clinic_id = cg_clinic_id()"
+
+
+def _own_patient(table: str) -> str:
+    return (
+        f"EXISTS (SELECT 1 FROM patients p WHERE p.clinic_id = {table}.clinic_id"
+        f" AND p.id = {table}.patient_id AND p.user_id = cg_user_id())"
+    )
+
+
+def _clinical_write(author: str, writers: str) -> str:
+    """Maintenance, or the author themselves with clinical access to the patient."""
+    return (
+        f"{CLINIC} AND (cg_role() = 'system' OR ({writers} AND {author} = cg_user_id()"
+        " AND cg_clinical_access(clinic_id, patient_id)))"
+    )
+
+
+class Policy(NamedTuple):
+    read: str
+    """Which rows SELECT (and UPDATE/DELETE) can see."""
+    write: str
+    """Which rows INSERT and UPDATE may leave behind (and DELETE may remove)."""
+    deletable: bool = True
+    """False: append-only for the application (no DELETE policy: deletes touch no row)."""
+
+
+POLICIES: dict[str, Policy] = {
+    "patients": Policy(
+        f"{CLINIC} AND ({STAFF} OR (cg_role() = 'patient' AND user_id = cg_user_id()))",
+        f"{CLINIC} AND {FRONT_DESK}",
+    ),
+    "appointments": Policy(
+        f"{CLINIC} AND ({STAFF} OR (cg_role() = 'patient' AND {_own_patient('appointments')}))",
+        f"{CLINIC} AND {FRONT_DESK}",
+    ),
+    # Who is on a care team decides clinical access: only administrators change it.
+    "care_team": Policy(f"{CLINIC} AND {STAFF}", f"{CLINIC} AND {ADMIN}"),
+    "treatments": Policy(f"{CLINIC} AND {STAFF}", f"{CLINIC} AND {ADMIN}"),
+    "treatment_certifications": Policy(f"{CLINIC} AND {STAFF}", f"{CLINIC} AND {ADMIN}"),
+    # A clinician sees and opens only their own break-glass grants; oversight sees all.
+    "emergency_grants": Policy(
+        f"{CLINIC} AND ({_roles('system', 'clinic_admin', 'compliance_officer')}"
+        f" OR ({_roles('physician', 'nurse')} AND grantee_id = cg_user_id()))",
+        f"{CLINIC} AND (cg_role() = 'system'"
+        f" OR ({_roles('physician', 'nurse')} AND grantee_id = cg_user_id()))",
+        deletable=False,
+    ),
+    "medical_records": Policy(
+        "cg_clinical_access(clinic_id, patient_id)",
+        _clinical_write(
+            "author_id", "(cg_role() = 'physician' OR (cg_role() = 'nurse' AND kind = 'nursing_note'))"
         ),
-        SAME_CLINIC,
+        deletable=False,
     ),
-    "care_team": (SAME_CLINIC, SAME_CLINIC),
-    "treatments": (SAME_CLINIC, SAME_CLINIC),
-    "treatment_certifications": (SAME_CLINIC, SAME_CLINIC),
-    "emergency_grants": (SAME_CLINIC, SAME_CLINIC),
-    "medical_records": (
+    "prescriptions": Policy(
         "cg_clinical_access(clinic_id, patient_id)",
-        "cg_clinical_access(clinic_id, patient_id)",
-    ),
-    "prescriptions": (
-        "cg_clinical_access(clinic_id, patient_id)",
-        "cg_clinical_access(clinic_id, patient_id)",
+        _clinical_write("prescriber_id", "cg_role() = 'physician'"),
+        deletable=False,
     ),
     # Sign-in reads a person's own memberships before any clinic is chosen.
-    "clinic_memberships": ("clinic_id = cg_clinic_id() OR user_id = cg_user_id()", SAME_CLINIC),
-    # An API key is found by its public prefix before its clinic is known; the lookup
-    # names that one prefix for its transaction.
-    "api_keys": (
-        "clinic_id = cg_clinic_id()"
+    "clinic_memberships": Policy(
+        f"({CLINIC} AND {STAFF}) OR user_id = cg_user_id()", f"{CLINIC} AND {ADMIN}"
+    ),
+    # An API key is found by its public prefix before its clinic is known (the lookup names
+    # that one prefix for its transaction); a key marks only itself as used.
+    "api_keys": Policy(
+        f"({CLINIC} AND {_roles('system', 'clinic_admin', 'integration')})"
         " OR prefix = NULLIF(current_setting('app.api_key_prefix', true), '')",
-        SAME_CLINIC,
+        f"{CLINIC} AND ({ADMIN} OR (cg_role() = 'integration' AND id = cg_user_id()))",
     ),
 }
+
+
+def _create_policies(table: str, policy: Policy) -> None:
+    op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+    op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+    op.execute(f"CREATE POLICY {table}_read ON {table} FOR SELECT USING ({policy.read})")
+    op.execute(f"CREATE POLICY {table}_insert ON {table} FOR INSERT WITH CHECK ({policy.write})")
+    op.execute(
+        f"CREATE POLICY {table}_update ON {table} FOR UPDATE"
+        f" USING (({policy.read}) AND ({policy.write})) WITH CHECK ({policy.write})"
+    )
+    if policy.deletable:
+        op.execute(
+            f"CREATE POLICY {table}_delete ON {table} FOR DELETE"
+            f" USING (({policy.read}) AND ({policy.write}))"
+        )
 
 
 def upgrade() -> None:
@@ -162,18 +235,15 @@ def upgrade() -> None:
     for name, body in FUNCTIONS.items():
         op.execute(f"CREATE FUNCTION {name}() {body}")
     op.execute(CLINICAL_ACCESS)
-    for table, (using, check) in POLICIES.items():
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(
-            f"CREATE POLICY {table}_tenant ON {table} FOR ALL USING ({using}) WITH CHECK ({check})"
-        )
+    for table, policy in POLICIES.items():
+        _create_policies(table, policy)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table in POLICIES:
-            op.execute(f"DROP POLICY IF EXISTS {table}_tenant ON {table}")
+            for command in ("read", "insert", "update", "delete"):
+                op.execute(f"DROP POLICY IF EXISTS {table}_{command} ON {table}")
             op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
     with op.batch_alter_table("emergency_grants", schema=None) as batch_op:

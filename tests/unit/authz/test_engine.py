@@ -60,11 +60,20 @@ INTENT = [
     ("physician", "treatments:perform", {}, False),
     ("physician", "treatments:perform", {"certified_for_treatment": True}, True),
     # nurse: like physician without prescribing; may add (nursing) notes
-    ("nurse", "records:create", {"care_team": True, "within_clinic_hours": True}, True),
+    ("nurse", "nursing_notes:create", {"care_team": True, "within_clinic_hours": True}, True),
+    ("nurse", "records:create", {"care_team": True, "within_clinic_hours": True}, False),
+    ("physician", "records:create", {"care_team": True, "within_clinic_hours": True}, True),
+    ("physician", "records:create", {"care_team": True}, False),
     ("nurse", "prescriptions:create", {"care_team": True, "within_clinic_hours": True}, False),
     ("nurse", "prescriptions:create", {"emergency_grant": True}, False),
     # receptionist: demographics (CPF masked) and appointments, no clinical fields
-    ("receptionist", "patients:create", {}, True),
+    ("receptionist", "patients:create", {"basic_info_only": True}, True),
+    ("receptionist", "patients:create", {}, False),
+    # integration (API keys): demographics and scheduling, never clinical content
+    ("integration", "patients:read", {}, True),
+    ("integration", "appointments:create", {}, True),
+    ("integration", "records:read", {"care_team": True, "within_clinic_hours": True}, False),
+    ("integration", "patients:update", {"basic_info_only": True}, True),
     ("receptionist", "appointments:update", {}, True),
     ("receptionist", "records:read", {"care_team": True, "within_clinic_hours": True}, False),
     ("receptionist", "patients:update", {}, False),
@@ -128,14 +137,13 @@ def test_unknown_permissions_are_denied(permission: str) -> None:
     assert decision.reason == "unknown permission"
 
 
-@pytest.mark.parametrize("role", ["staff", "clinician", "root", "integration", ""])
+@pytest.mark.parametrize("role", ["staff", "clinician", "root", "system", ""])
 def test_unknown_and_abstract_roles_are_denied(role: str) -> None:
     assert not decide(role, "clinic:read").allowed
 
 
-def test_every_person_role_is_in_the_policy() -> None:
-    person_roles = {r.value for r in Role} - {Role.INTEGRATION.value}
-    assert set(ENGINE.roles) == person_roles
+def test_every_role_is_in_the_policy() -> None:
+    assert set(ENGINE.roles) == {r.value for r in Role}
 
 
 FACTS = st.dictionaries(st.sampled_from(list(Condition)), st.booleans())

@@ -1,0 +1,328 @@
+"""The clinic data API (thin: parse, call the service with the principal, answer).
+
+Answers leave out what the policy hides (absent, not null) and carry masked values where it
+masks; ``response_model_exclude_unset`` keeps absent fields absent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import AwareDatetime
+
+from clinicguard.auth.deps import CurrentPrincipal, FullPerson
+from clinicguard.clinic import schemas as s
+from clinicguard.clinic.paging import DEFAULT_LIMIT, MAX_LIMIT
+from clinicguard.clinic.service import ClinicDataService
+from clinicguard.clinic.staff import StaffService
+from clinicguard.core.errors import FieldError, ValidationFailed
+from clinicguard.core.schemas import PlainText
+
+router = APIRouter(prefix="/api/v1", tags=["clinic data"])
+_ERRORS: dict[int | str, dict[str, str]] = {
+    401: {"description": "Missing, invalid, expired or revoked credentials"},
+    403: {"description": "The policy does not allow it (the denial is recorded)"},
+    404: {"description": "Missing, or another clinic's (indistinguishable)"},
+}
+
+
+async def get_clinic_data(request: Request) -> ClinicDataService:
+    service: ClinicDataService = request.app.state.services.clinic
+    return service
+
+
+async def get_staff(request: Request) -> StaffService:
+    service: StaffService = request.app.state.services.staff
+    return service
+
+
+Data = Annotated[ClinicDataService, Depends(get_clinic_data)]
+Staff = Annotated[StaffService, Depends(get_staff)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(min_length=1, max_length=200)]
+
+
+def _page(items: list[dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
+    return {"items": items, "next_cursor": next_cursor}
+
+
+# --- patients ----------------------------------------------------------------------------
+
+
+@router.get(
+    "/patients",
+    response_model=s.Page[s.PatientOut],
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def list_patients(
+    *,
+    principal: CurrentPrincipal,
+    data: Data,
+    cpf: Annotated[str | None, Query(min_length=11, max_length=14)] = None,
+    q: Annotated[PlainText | None, Query(min_length=2, max_length=100)] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Patients of the active clinic; ``cpf`` finds one by exact CPF (formatted or bare),
+    ``q`` searches names."""
+    if cpf is not None:
+        try:
+            cpf = s.check_cpf(cpf)
+        except ValueError as exc:
+            raise ValidationFailed(errors=[FieldError("query.cpf", str(exc))]) from exc
+    return _page(*await data.list_patients(principal, cpf=cpf, q=q, limit=limit, cursor=cursor))
+
+
+@router.post(
+    "/patients",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.PatientOut,
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def create_patient(
+    principal: CurrentPrincipal, data: Data, body: s.PatientCreate
+) -> dict[str, Any]:
+    return await data.create_patient(principal, body)
+
+
+@router.get(
+    "/patients/{patient_id}",
+    response_model=s.PatientOut,
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def get_patient(
+    principal: CurrentPrincipal, data: Data, patient_id: uuid.UUID
+) -> dict[str, Any]:
+    return await data.get_patient(principal, patient_id)
+
+
+@router.patch(
+    "/patients/{patient_id}",
+    response_model=s.PatientOut,
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def update_patient(
+    principal: CurrentPrincipal, data: Data, patient_id: uuid.UUID, body: s.PatientUpdate
+) -> dict[str, Any]:
+    """403 naming the fields when the change touches fields the caller may not change."""
+    return await data.update_patient(principal, patient_id, body)
+
+
+# --- clinical records and prescriptions --------------------------------------------------
+
+
+@router.get(
+    "/patients/{patient_id}/records",
+    response_model=s.Page[s.RecordOut],
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def list_records(
+    principal: CurrentPrincipal,
+    data: Data,
+    patient_id: uuid.UUID,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    return _page(*await data.list_records(principal, patient_id, limit, cursor))
+
+
+@router.post(
+    "/patients/{patient_id}/records",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.RecordOut,
+    responses=_ERRORS,
+)
+async def create_record(
+    principal: FullPerson, data: Data, patient_id: uuid.UUID, body: s.RecordCreate
+) -> dict[str, Any]:
+    """Physicians write any kind of entry; nurses write nursing notes."""
+    return await data.create_record(principal, patient_id, body)
+
+
+@router.get(
+    "/records/{record_id}",
+    response_model=s.RecordOut,
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def get_record(
+    principal: CurrentPrincipal, data: Data, record_id: uuid.UUID
+) -> dict[str, Any]:
+    return await data.get_record(principal, record_id)
+
+
+@router.get(
+    "/patients/{patient_id}/prescriptions",
+    response_model=s.Page[s.PrescriptionOut],
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def list_prescriptions(
+    principal: CurrentPrincipal,
+    data: Data,
+    patient_id: uuid.UUID,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    return _page(*await data.list_prescriptions(principal, patient_id, limit, cursor))
+
+
+@router.post(
+    "/patients/{patient_id}/prescriptions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.PrescriptionOut,
+    responses=_ERRORS,
+)
+async def create_prescription(
+    principal: FullPerson, data: Data, patient_id: uuid.UUID, body: s.PrescriptionCreate
+) -> dict[str, Any]:
+    return await data.create_prescription(principal, patient_id, body)
+
+
+# --- break-glass -------------------------------------------------------------------------
+
+
+@router.post(
+    "/patients/{patient_id}/emergency-access",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.EmergencyGrantOut,
+    responses=_ERRORS,
+)
+async def request_emergency_access(
+    principal: FullPerson, data: Data, patient_id: uuid.UUID, body: s.EmergencyAccessRequest
+) -> dict[str, Any]:
+    """A 60-minute grant to this patient's clinical data for the caller; recorded at once
+    as a high-severity event, and every access under it is marked for review."""
+    return await data.request_emergency_access(principal, patient_id, body.justification)
+
+
+@router.get("/emergency-access", response_model=s.Page[s.EmergencyGrantOut], responses=_ERRORS)
+async def list_emergency_grants(
+    principal: FullPerson,
+    data: Data,
+    status_filter: Annotated[Literal["open", "past", "all"], Query(alias="status")] = "all",
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """The clinic's break-glass grants (clinic administrators and compliance officers)."""
+    return _page(*await data.list_emergency_grants(principal, status_filter, limit, cursor))
+
+
+# --- appointments ------------------------------------------------------------------------
+
+
+@router.get(
+    "/appointments",
+    response_model=s.Page[s.AppointmentOut],
+    response_model_exclude_unset=True,
+    responses=_ERRORS,
+)
+async def list_appointments(
+    *,
+    principal: CurrentPrincipal,
+    data: Data,
+    patient_id: uuid.UUID | None = None,
+    professional_id: uuid.UUID | None = None,
+    starts_from: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    starts_to: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    return _page(
+        *await data.list_appointments(
+            principal,
+            patient_id=patient_id,
+            professional_id=professional_id,
+            starts_from=starts_from,
+            starts_to=starts_to,
+            limit=limit,
+            cursor=cursor,
+        )
+    )
+
+
+@router.post(
+    "/appointments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.AppointmentOut,
+    response_model_exclude_unset=True,
+    responses={**_ERRORS, 409: {"description": "Overlaps the professional's schedule"}},
+)
+async def create_appointment(
+    principal: CurrentPrincipal, data: Data, body: s.AppointmentCreate
+) -> dict[str, Any]:
+    return await data.create_appointment(principal, body)
+
+
+@router.patch(
+    "/appointments/{appointment_id}",
+    response_model=s.AppointmentOut,
+    response_model_exclude_unset=True,
+    responses={**_ERRORS, 409: {"description": "Overlap, finished, or changed meanwhile"}},
+)
+async def update_appointment(
+    principal: CurrentPrincipal,
+    data: Data,
+    appointment_id: uuid.UUID,
+    body: s.AppointmentUpdate,
+) -> dict[str, Any]:
+    return await data.update_appointment(principal, appointment_id, body)
+
+
+# --- treatments --------------------------------------------------------------------------
+
+
+@router.get("/treatments", response_model=list[s.TreatmentOut], responses=_ERRORS)
+async def list_treatments(principal: CurrentPrincipal, data: Data) -> list[dict[str, Any]]:
+    return await data.list_treatments(principal)
+
+
+@router.post(
+    "/treatments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.TreatmentOut,
+    responses=_ERRORS,
+)
+async def create_treatment(
+    principal: FullPerson, data: Data, body: s.TreatmentCreate
+) -> dict[str, Any]:
+    return await data.create_treatment(principal, body)
+
+
+# --- staff -------------------------------------------------------------------------------
+
+
+@router.get("/users", response_model=list[s.StaffOut], responses=_ERRORS)
+async def list_staff(principal: FullPerson, staff: Staff) -> list[dict[str, Any]]:
+    return await staff.list(principal)
+
+
+@router.post(
+    "/users",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.StaffOut,
+    responses={**_ERRORS, 409: {"description": "Already a member"}},
+)
+async def create_staff(principal: FullPerson, staff: Staff, body: s.StaffCreate) -> dict[str, Any]:
+    """Add a person to the clinic's staff. A new account gets a password-setup link by
+    mail; the administrator never sees a password."""
+    return await staff.create(principal, body)
+
+
+@router.patch(
+    "/users/{user_id}",
+    response_model=s.StaffOut,
+    responses={**_ERRORS, 409: {"description": "Own membership, or the last administrator"}},
+)
+async def update_staff(
+    principal: FullPerson, staff: Staff, user_id: uuid.UUID, body: s.StaffUpdate
+) -> dict[str, Any]:
+    """Change a member's role or (de)activate them; their sessions end at once."""
+    return await staff.update(principal, user_id, body)

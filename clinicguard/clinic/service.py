@@ -1,0 +1,718 @@
+"""The clinic data services: patients, clinical records, prescriptions, appointments,
+treatments and break-glass access.
+
+Every operation runs in a transaction scoped to the principal's clinic (so PostgreSQL's
+row-level security sees the same clinic), finds rows only among those the principal may see
+(another clinic's row is a 404 exactly like a missing one), asks the policy with the facts
+of the request, and shapes the answer by the decision's obligations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clinicguard.auth.models import ClinicMembership
+from clinicguard.authz.interfaces import Condition, Decision, Permission
+from clinicguard.authz.service import Authorizer, Facts, shape
+from clinicguard.clinic import schemas as s
+from clinicguard.clinic.access import (
+    CLINICIANS,
+    ClinicHoursCache,
+    patient_facts,
+    visible_clinical,
+    visible_patients,
+)
+from clinicguard.clinic.cpf import normalize_cpf
+from clinicguard.clinic.models import (
+    Appointment,
+    EmergencyGrant,
+    MedicalRecord,
+    Patient,
+    Prescription,
+    Treatment,
+    TreatmentCertification,
+)
+from clinicguard.clinic.paging import page_query, split_page
+from clinicguard.core.clock import Clock
+from clinicguard.core.errors import Conflict, FieldError, NotFound, ValidationFailed
+from clinicguard.core.events import (
+    Outcome,
+    SecurityEvent,
+    SecurityEventSink,
+    SecurityEventType,
+    Severity,
+)
+from clinicguard.core.principal import Principal
+from clinicguard.store.db import Database
+from clinicguard.store.interfaces import tenant_of
+
+EMERGENCY_GRANT_DURATION = timedelta(minutes=60)
+MAX_APPOINTMENT = timedelta(hours=12)
+#: Appointment statuses that end it; a finished appointment is not changed again.
+FINAL_STATUSES = frozenset({"completed", "cancelled", "no_show"})
+PATIENT_FIELDS = (
+    "full_name",
+    "cpf",
+    "birth_date",
+    "phone",
+    "email",
+    "address",
+    "allergies",
+    "medications",
+    "medical_conditions",
+)
+
+
+def _columns(row: Any, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
+
+
+def patient_values(patient: Patient) -> dict[str, Any]:
+    return {
+        "id": patient.id,
+        **_columns(patient, PATIENT_FIELDS),
+        "created_at": patient.created_at,
+        "updated_at": patient.updated_at,
+    }
+
+
+def record_values(record: MedicalRecord) -> dict[str, Any]:
+    return _columns(
+        record,
+        ("id", "patient_id", "author_id", "kind", "diagnosis", "notes", "treatment", "created_at"),
+    )
+
+
+def prescription_values(row: Prescription) -> dict[str, Any]:
+    return _columns(
+        row,
+        (
+            "id",
+            "patient_id",
+            "prescriber_id",
+            "record_id",
+            "medication",
+            "dosage",
+            "instructions",
+            "status",
+            "issued_at",
+            "valid_until",
+        ),
+    )
+
+
+def appointment_values(row: Appointment) -> dict[str, Any]:
+    return _columns(
+        row,
+        (
+            "id",
+            "patient_id",
+            "professional_id",
+            "treatment_id",
+            "starts_at",
+            "ends_at",
+            "status",
+            "reason",
+            "created_at",
+            "updated_at",
+        ),
+    )
+
+
+class KeyedLocks:
+    """One asyncio lock per key (this process); PostgreSQL advisory locks cover the others."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._locks.pop(key, None)
+
+
+class ClinicDataService:
+    def __init__(
+        self, db: Database, authorizer: Authorizer, clock: Clock, events: SecurityEventSink
+    ) -> None:
+        self._db = db
+        self._authz = authorizer
+        self._clock = clock
+        self._events = events
+        self._hours = ClinicHoursCache()
+        self._locks = KeyedLocks()
+
+    # --- shared steps ---------------------------------------------------------------------
+
+    def _tx(self, principal: Principal) -> Any:
+        return self._db.transaction(tenant_of(principal))
+
+    async def _patient(
+        self, session: AsyncSession, principal: Principal, patient_id: uuid.UUID
+    ) -> Patient:
+        patient = await session.scalar(
+            select(Patient).where(visible_patients(principal), Patient.id == patient_id)
+        )
+        if patient is None:
+            raise NotFound()
+        return patient
+
+    async def _facts(
+        self, session: AsyncSession, principal: Principal, patient: Patient
+    ) -> dict[Condition, bool]:
+        return await patient_facts(session, principal, patient, self._clock.now(), self._hours)
+
+    async def _require_change(
+        self,
+        principal: Principal,
+        permission: Permission,
+        facts: Facts,
+        changed: set[str],
+        target: Mapping[str, str],
+    ) -> Decision:
+        """Allow a change of ``changed`` fields or answer 403 naming the ones the caller
+        may not change (when only the clinical fields stand in the way)."""
+        clinical = changed & s.CLINICAL_PATIENT_FIELDS
+        facts = {**facts, Condition.BASIC_INFO_ONLY: not clinical}
+        decision = self._authz.decide(principal, permission, facts)
+        if decision.allowed:
+            return await self._authz.require(principal, permission, facts, target=target)
+        basic = self._authz.decide(
+            principal, permission, {**facts, Condition.BASIC_INFO_ONLY: True}
+        )
+        named = tuple(sorted(clinical if basic.allowed else changed))
+        raise await self._authz.denied(principal, decision, target, named)
+
+    # --- patients -------------------------------------------------------------------------
+
+    async def list_patients(
+        self,
+        principal: Principal,
+        *,
+        cpf: str | None,
+        q: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        decision = await self._authz.require(principal, Permission.PATIENTS_LIST)
+        query = select(Patient).where(visible_patients(principal))
+        if cpf is not None:
+            query = query.where(Patient.cpf == normalize_cpf(cpf))
+        if q is not None:
+            escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(func.lower(Patient.full_name).like(f"%{escaped}%", escape="\\"))
+        query = page_query(query, Patient.created_at, Patient.id, cursor, limit)
+        async with self._tx(principal) as session:
+            rows = (await session.scalars(query)).all()
+        items, next_cursor = split_page(rows, limit, ("created_at", "id"))
+        return [shape(patient_values(p), decision) for p in items], next_cursor
+
+    async def get_patient(self, principal: Principal, patient_id: uuid.UUID) -> dict[str, Any]:
+        await self._authz.require_possible(principal, Permission.PATIENTS_READ)
+        async with self._tx(principal) as session:
+            patient = await self._patient(session, principal, patient_id)
+            facts = await self._facts(session, principal, patient)
+        decision = await self._authz.require(
+            principal, Permission.PATIENTS_READ, facts, target={"patient_id": str(patient_id)}
+        )
+        return shape(patient_values(patient), decision)
+
+    async def create_patient(self, principal: Principal, body: s.PatientCreate) -> dict[str, Any]:
+        given = {k for k in body.model_fields_set if getattr(body, k) is not None}
+        decision = await self._require_change(
+            principal, Permission.PATIENTS_CREATE, {}, given, {"action": "create"}
+        )
+        patient = Patient(clinic_id=principal.clinic_id, id=uuid.uuid4(), **body.model_dump())
+        now = self._clock.now()
+        patient.created_at = patient.updated_at = now
+        try:
+            async with self._tx(principal) as session:
+                session.add(patient)
+        except IntegrityError as exc:
+            raise Conflict("A patient with this CPF already exists in this clinic.") from exc
+        return shape(patient_values(patient), decision)
+
+    async def update_patient(
+        self, principal: Principal, patient_id: uuid.UUID, body: s.PatientUpdate
+    ) -> dict[str, Any]:
+        await self._authz.require_possible(principal, Permission.PATIENTS_UPDATE)
+        changes = body.model_dump(exclude_unset=True)
+        try:
+            async with self._tx(principal) as session:
+                patient = await self._patient(session, principal, patient_id)
+                facts = await self._facts(session, principal, patient)
+                await self._require_change(
+                    principal,
+                    Permission.PATIENTS_UPDATE,
+                    facts,
+                    set(changes),
+                    {"patient_id": str(patient_id)},
+                )
+                for name, value in changes.items():
+                    setattr(patient, name, value)
+                patient.updated_at = self._clock.now()
+                await session.flush()
+        except IntegrityError as exc:
+            raise Conflict("A patient with this CPF already exists in this clinic.") from exc
+        # The answer is shaped as a read of the patient would be.
+        read = self._authz.decide(principal, Permission.PATIENTS_READ, facts)
+        return shape(patient_values(patient), read) if read.allowed else {"id": patient.id}
+
+    # --- clinical records -----------------------------------------------------------------
+
+    async def _clinical_patient(
+        self, principal: Principal, patient_id: uuid.UUID, permission: Permission
+    ) -> tuple[Patient, Decision]:
+        await self._authz.require_possible(principal, permission)
+        async with self._tx(principal) as session:
+            patient = await self._patient(session, principal, patient_id)
+            facts = await self._facts(session, principal, patient)
+        decision = await self._authz.require(
+            principal, permission, facts, target={"patient_id": str(patient_id)}
+        )
+        return patient, decision
+
+    async def list_records(
+        self, principal: Principal, patient_id: uuid.UUID, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        _, decision = await self._clinical_patient(principal, patient_id, Permission.RECORDS_READ)
+        query = select(MedicalRecord).where(
+            MedicalRecord.clinic_id == principal.clinic_id, MedicalRecord.patient_id == patient_id
+        )
+        query = page_query(
+            query, MedicalRecord.created_at, MedicalRecord.id, cursor, limit, newest_first=True
+        )
+        async with self._tx(principal) as session:
+            rows = (await session.scalars(query)).all()
+        items, next_cursor = split_page(rows, limit, ("created_at", "id"))
+        return [shape(record_values(r), decision) for r in items], next_cursor
+
+    async def get_record(self, principal: Principal, record_id: uuid.UUID) -> dict[str, Any]:
+        await self._authz.require_possible(principal, Permission.RECORDS_READ)
+        async with self._tx(principal) as session:
+            record = await session.scalar(
+                select(MedicalRecord).where(
+                    visible_clinical(principal, MedicalRecord, self._clock.now()),
+                    MedicalRecord.id == record_id,
+                )
+            )
+            if record is None:
+                raise NotFound()
+            patient = await self._patient(session, principal, record.patient_id)
+            facts = await self._facts(session, principal, patient)
+        decision = await self._authz.require(
+            principal,
+            Permission.RECORDS_READ,
+            facts,
+            target={"patient_id": str(patient.id), "record_id": str(record_id)},
+        )
+        return shape(record_values(record), decision)
+
+    async def create_record(
+        self, principal: Principal, patient_id: uuid.UUID, body: s.RecordCreate
+    ) -> dict[str, Any]:
+        permission = (
+            Permission.NURSING_NOTES_CREATE
+            if body.kind == "nursing_note"
+            else Permission.RECORDS_CREATE
+        )
+        await self._clinical_patient(principal, patient_id, permission)
+        record = MedicalRecord(
+            clinic_id=principal.clinic_id,
+            id=uuid.uuid4(),
+            patient_id=patient_id,
+            author_id=principal.user_id,
+            created_at=self._clock.now(),
+            **body.model_dump(),
+        )
+        async with self._tx(principal) as session:
+            session.add(record)
+        return record_values(record)
+
+    async def list_prescriptions(
+        self, principal: Principal, patient_id: uuid.UUID, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        _, decision = await self._clinical_patient(
+            principal, patient_id, Permission.PRESCRIPTIONS_READ
+        )
+        query = select(Prescription).where(
+            Prescription.clinic_id == principal.clinic_id, Prescription.patient_id == patient_id
+        )
+        query = page_query(
+            query, Prescription.issued_at, Prescription.id, cursor, limit, newest_first=True
+        )
+        async with self._tx(principal) as session:
+            rows = (await session.scalars(query)).all()
+        items, next_cursor = split_page(rows, limit, ("issued_at", "id"))
+        return [shape(prescription_values(r), decision) for r in items], next_cursor
+
+    async def create_prescription(
+        self, principal: Principal, patient_id: uuid.UUID, body: s.PrescriptionCreate
+    ) -> dict[str, Any]:
+        await self._clinical_patient(principal, patient_id, Permission.PRESCRIPTIONS_CREATE)
+        now = self._clock.now()
+        if body.valid_until is not None and body.valid_until < now.date():
+            raise ValidationFailed(errors=[FieldError("body.valid_until", "Must not be past.")])
+        row = Prescription(
+            clinic_id=principal.clinic_id,
+            id=uuid.uuid4(),
+            patient_id=patient_id,
+            prescriber_id=principal.user_id,
+            issued_at=now,
+            status="active",
+            **body.model_dump(),
+        )
+        async with self._tx(principal) as session:
+            if body.record_id is not None:
+                record = await session.scalar(
+                    select(MedicalRecord.id).where(
+                        MedicalRecord.clinic_id == principal.clinic_id,
+                        MedicalRecord.id == body.record_id,
+                        MedicalRecord.patient_id == patient_id,
+                    )
+                )
+                if record is None:
+                    raise ValidationFailed(
+                        errors=[FieldError("body.record_id", "Not a record of this patient.")]
+                    )
+            session.add(row)
+        return prescription_values(row)
+
+    # --- break-glass ----------------------------------------------------------------------
+
+    async def request_emergency_access(
+        self, principal: Principal, patient_id: uuid.UUID, justification: str
+    ) -> dict[str, Any]:
+        await self._authz.require_possible(principal, Permission.EMERGENCY_REQUEST)
+        now = self._clock.now()
+        grant = EmergencyGrant(
+            clinic_id=principal.clinic_id,
+            id=uuid.uuid4(),
+            patient_id=patient_id,
+            grantee_id=principal.user_id,
+            justification=justification.strip(),
+            granted_at=now,
+            expires_at=now + EMERGENCY_GRANT_DURATION,
+        )
+        async with self._tx(principal) as session:
+            await self._patient(session, principal, patient_id)
+            await self._authz.require(
+                principal, Permission.EMERGENCY_REQUEST, target={"patient_id": str(patient_id)}
+            )
+            session.add(grant)
+        await self._events.record(
+            SecurityEvent(
+                type=SecurityEventType.AUTHZ_EMERGENCY_GRANTED,
+                outcome=Outcome.SUCCESS,
+                severity=Severity.HIGH,
+                user_id=principal.user_id,
+                clinic_id=principal.clinic_id,
+                session_id=principal.session_id,
+                details={
+                    "grant_id": str(grant.id),
+                    "patient_id": str(patient_id),
+                    "expires_at": grant.expires_at.isoformat(),
+                    "review": True,
+                },
+            )
+        )
+        return self._grant_values(grant, now)
+
+    @staticmethod
+    def _grant_values(grant: EmergencyGrant, now: datetime) -> dict[str, Any]:
+        return {
+            **_columns(
+                grant,
+                (
+                    "id",
+                    "patient_id",
+                    "grantee_id",
+                    "justification",
+                    "granted_at",
+                    "expires_at",
+                    "revoked_at",
+                ),
+            ),
+            "active": grant.revoked_at is None and grant.expires_at > now,
+        }
+
+    async def list_emergency_grants(
+        self, principal: Principal, status: str, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        await self._authz.require(principal, Permission.EMERGENCY_READ)
+        now = self._clock.now()
+        query = select(EmergencyGrant).where(EmergencyGrant.clinic_id == principal.clinic_id)
+        if status == "open":
+            query = query.where(
+                EmergencyGrant.revoked_at.is_(None), EmergencyGrant.expires_at > now
+            )
+        elif status == "past":
+            query = query.where(
+                (EmergencyGrant.revoked_at.is_not(None)) | (EmergencyGrant.expires_at <= now)
+            )
+        query = page_query(
+            query, EmergencyGrant.granted_at, EmergencyGrant.id, cursor, limit, newest_first=True
+        )
+        async with self._tx(principal) as session:
+            rows = (await session.scalars(query)).all()
+        items, next_cursor = split_page(rows, limit, ("granted_at", "id"))
+        return [self._grant_values(g, now) for g in items], next_cursor
+
+    # --- appointments ---------------------------------------------------------------------
+
+    async def list_appointments(
+        self,
+        principal: Principal,
+        *,
+        patient_id: uuid.UUID | None,
+        professional_id: uuid.UUID | None,
+        starts_from: datetime | None,
+        starts_to: datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        # A patient lists only their own appointments: the "self" fact holds by the filter.
+        facts = {Condition.SELF: True} if principal.role == "patient" else {}
+        decision = await self._authz.require(principal, Permission.APPOINTMENTS_READ, facts)
+        query = select(Appointment).where(Appointment.clinic_id == principal.clinic_id)
+        if principal.role == "patient":
+            query = query.where(
+                Appointment.patient_id.in_(select(Patient.id).where(visible_patients(principal)))
+            )
+        if patient_id is not None:
+            query = query.where(Appointment.patient_id == patient_id)
+        if professional_id is not None:
+            query = query.where(Appointment.professional_id == professional_id)
+        if starts_from is not None:
+            query = query.where(Appointment.starts_at >= starts_from)
+        if starts_to is not None:
+            query = query.where(Appointment.starts_at < starts_to)
+        query = page_query(query, Appointment.starts_at, Appointment.id, cursor, limit)
+        async with self._tx(principal) as session:
+            rows = (await session.scalars(query)).all()
+        items, next_cursor = split_page(rows, limit, ("starts_at", "id"))
+        return [shape(appointment_values(a), decision) for a in items], next_cursor
+
+    def _check_times(self, starts_at: datetime, ends_at: datetime) -> None:
+        errors = []
+        if starts_at <= self._clock.now():
+            errors.append(FieldError("body.starts_at", "Must be in the future."))
+        if ends_at <= starts_at:
+            errors.append(FieldError("body.ends_at", "Must be after starts_at."))
+        elif ends_at - starts_at > MAX_APPOINTMENT:
+            errors.append(FieldError("body.ends_at", "An appointment lasts at most 12 hours."))
+        if errors:
+            raise ValidationFailed(errors=errors)
+
+    async def _lock_professional(
+        self, session: AsyncSession, clinic_id: uuid.UUID | None, professional_id: uuid.UUID
+    ) -> None:
+        """Serialize bookings of one professional across processes (PostgreSQL); callers
+        hold the in-process lock of the same key."""
+        if self._db.dialect == "postgresql":
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"appointments:{clinic_id}:{professional_id}"},
+            )
+
+    async def _check_overlap(
+        self,
+        session: AsyncSession,
+        *,
+        clinic_id: uuid.UUID | None,
+        professional_id: uuid.UUID,
+        starts_at: datetime,
+        ends_at: datetime,
+        exclude: uuid.UUID | None = None,
+    ) -> None:
+        query = select(Appointment.id).where(
+            Appointment.clinic_id == clinic_id,
+            Appointment.professional_id == professional_id,
+            Appointment.status.not_in(("cancelled", "no_show")),
+            Appointment.starts_at < ends_at,
+            Appointment.ends_at > starts_at,
+        )
+        if exclude is not None:
+            query = query.where(Appointment.id != exclude)
+        if await session.scalar(query.limit(1)) is not None:
+            raise Conflict("The professional has another appointment at that time.")
+
+    async def _check_professional(
+        self,
+        session: AsyncSession,
+        *,
+        clinic_id: uuid.UUID | None,
+        professional_id: uuid.UUID,
+        treatment_id: uuid.UUID | None,
+        starts_at: datetime,
+    ) -> None:
+        role = await session.scalar(
+            select(ClinicMembership.role).where(
+                ClinicMembership.clinic_id == clinic_id,
+                ClinicMembership.user_id == professional_id,
+                ClinicMembership.is_active.is_(True),
+            )
+        )
+        if role not in {str(r) for r in CLINICIANS}:
+            raise ValidationFailed(
+                errors=[
+                    FieldError("body.professional_id", "Not a physician or nurse of this clinic.")
+                ]
+            )
+        if treatment_id is None:
+            return
+        treatment = await session.get(Treatment, (clinic_id, treatment_id))
+        if treatment is None or not treatment.is_active:
+            raise ValidationFailed(
+                errors=[FieldError("body.treatment_id", "Not an active treatment of this clinic.")]
+            )
+        if treatment.requires_certification:
+            certification = await session.get(
+                TreatmentCertification, (clinic_id, treatment_id, professional_id)
+            )
+            if certification is None or (
+                certification.expires_at is not None and certification.expires_at <= starts_at
+            ):
+                raise ValidationFailed(
+                    errors=[
+                        FieldError(
+                            "body.professional_id",
+                            "The professional is not certified for this treatment.",
+                        )
+                    ]
+                )
+
+    async def create_appointment(
+        self, principal: Principal, body: s.AppointmentCreate
+    ) -> dict[str, Any]:
+        await self._authz.require_possible(principal, Permission.APPOINTMENTS_CREATE)
+        self._check_times(body.starts_at, body.ends_at)
+        key = f"{principal.clinic_id}:{body.professional_id}"
+        async with self._locks.hold(key), self._tx(principal) as session:
+            patient = await self._patient(session, principal, body.patient_id)
+            facts = await self._facts(session, principal, patient)
+            decision = await self._authz.require(
+                principal,
+                Permission.APPOINTMENTS_CREATE,
+                facts,
+                target={"patient_id": str(patient.id)},
+            )
+            await self._check_professional(
+                session,
+                clinic_id=principal.clinic_id,
+                professional_id=body.professional_id,
+                treatment_id=body.treatment_id,
+                starts_at=body.starts_at,
+            )
+            await self._lock_professional(session, principal.clinic_id, body.professional_id)
+            await self._check_overlap(
+                session,
+                clinic_id=principal.clinic_id,
+                professional_id=body.professional_id,
+                starts_at=body.starts_at,
+                ends_at=body.ends_at,
+            )
+            now = self._clock.now()
+            row = Appointment(
+                clinic_id=principal.clinic_id,
+                id=uuid.uuid4(),
+                status="scheduled",
+                created_by=principal.user_id if principal.auth_method != "api_key" else None,
+                created_at=now,
+                updated_at=now,
+                **body.model_dump(),
+            )
+            session.add(row)
+        return shape(appointment_values(row), decision)
+
+    async def update_appointment(
+        self, principal: Principal, appointment_id: uuid.UUID, body: s.AppointmentUpdate
+    ) -> dict[str, Any]:
+        await self._authz.require_possible(principal, Permission.APPOINTMENTS_UPDATE)
+        changes = body.model_dump(exclude_unset=True)
+        async with self._tx(principal) as session:
+            current = await session.scalar(
+                select(Appointment).where(
+                    Appointment.clinic_id == principal.clinic_id, Appointment.id == appointment_id
+                )
+            )
+            if current is None:
+                raise NotFound()
+            patient = await self._patient(session, principal, current.patient_id)
+            facts = await self._facts(session, principal, patient)
+        decision = await self._authz.require(
+            principal,
+            Permission.APPOINTMENTS_UPDATE,
+            facts,
+            target={"patient_id": str(patient.id), "appointment_id": str(appointment_id)},
+        )
+        if current.status in FINAL_STATUSES:
+            raise Conflict(f"The appointment is {current.status}; it cannot change.")
+        starts_at = changes.get("starts_at", current.starts_at)
+        ends_at = changes.get("ends_at", current.ends_at)
+        moved = "starts_at" in changes or "ends_at" in changes
+        if moved:
+            self._check_times(starts_at, ends_at)
+        key = f"{principal.clinic_id}:{current.professional_id}"
+        async with self._locks.hold(key), self._tx(principal) as session:
+            row = await session.get(Appointment, (principal.clinic_id, appointment_id))
+            if row is None:
+                raise NotFound()
+            if row.updated_at != current.updated_at:
+                raise Conflict("The appointment changed meanwhile; read it again.")
+            if moved and changes.get("status", row.status) not in FINAL_STATUSES:
+                await self._lock_professional(session, principal.clinic_id, row.professional_id)
+                await self._check_overlap(
+                    session,
+                    clinic_id=principal.clinic_id,
+                    professional_id=row.professional_id,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    exclude=row.id,
+                )
+            for name, value in changes.items():
+                setattr(row, name, value)
+            row.updated_at = self._clock.now()
+        return shape(appointment_values(row), decision)
+
+    # --- treatments -----------------------------------------------------------------------
+
+    async def list_treatments(self, principal: Principal) -> list[dict[str, Any]]:
+        await self._authz.require(principal, Permission.TREATMENTS_READ)
+        async with self._tx(principal) as session:
+            rows = (
+                await session.scalars(
+                    select(Treatment)
+                    .where(Treatment.clinic_id == principal.clinic_id)
+                    .order_by(Treatment.name)
+                )
+            ).all()
+        return [s.TreatmentOut.model_validate(r, from_attributes=True).model_dump() for r in rows]
+
+    async def create_treatment(
+        self, principal: Principal, body: s.TreatmentCreate
+    ) -> dict[str, Any]:
+        await self._authz.require(principal, Permission.TREATMENTS_MANAGE)
+        row = Treatment(
+            clinic_id=principal.clinic_id, id=uuid.uuid4(), is_active=True, **body.model_dump()
+        )
+        try:
+            async with self._tx(principal) as session:
+                session.add(row)
+        except IntegrityError as exc:
+            raise Conflict("A treatment with this name exists.") from exc
+        return s.TreatmentOut.model_validate(row, from_attributes=True).model_dump()

@@ -1,0 +1,791 @@
+"""PostgreSQL row-level security, proven in the database itself.
+
+Every query here is raw SQL sent as the application role (owns no tables, not a superuser,
+no BYPASSRLS), through the same ``Database.transaction(TenantContext(...))`` the services
+use; no ORM filter or service rule takes part. What is proven:
+
+- a clinic's transaction sees, updates, deletes and inserts only its own clinic's rows in
+  every tenant table, even when a statement names the other clinic explicitly;
+- a transaction with no tenant context sees, and can write, no tenant row at all;
+- medical records and prescriptions are visible only to the clinical relationships of
+  ``cg_clinical_access`` (care team, a non-cancelled appointment, an open break-glass grant,
+  the patient themselves; maintenance and compliance), and an unrelated clinician cannot
+  write one either;
+- a patient sees only their own patients row and appointments;
+- before a clinic is chosen a person sees only their own memberships, and an API-key
+  lookup sees only the key whose prefix it names;
+- the catalogue (as the superuser): every tenant table, and every table with a
+  ``clinic_id`` column, has row-level security enabled and forced, so a new tenant table
+  without policies fails here.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import TextClause
+
+from clinicguard.auth.models import ApiKey
+from clinicguard.clinic.cpf import generate_cpf
+from clinicguard.clinic.models import (
+    Appointment,
+    CareTeamMember,
+    EmergencyGrant,
+    Prescription,
+    Treatment,
+    TreatmentCertification,
+)
+from clinicguard.store.db import Database
+from clinicguard.store.interfaces import TenantContext
+from tests.conftest import Backend
+from tests.factories import clinic as f
+
+pytestmark = pytest.mark.postgres
+
+#: Every table the RLS migration puts under a tenant policy.
+TENANT_TABLES = (
+    "patients",
+    "appointments",
+    "care_team",
+    "treatments",
+    "treatment_certifications",
+    "emergency_grants",
+    "medical_records",
+    "prescriptions",
+    "clinic_memberships",
+    "api_keys",
+)
+CLINICAL_TABLES = ("medical_records", "prescriptions")
+#: Tables with a clinic_id deliberately outside the tenant policies: the security-event log
+#: (its clinic_id is nullable: a failed sign-in has no clinic yet).
+NOT_TENANT_SCOPED = frozenset({"security_events"})
+
+RLS_VIOLATION = "row-level security"
+_cpfs = random.Random(20260301)
+
+#: A valid row for each tenant table, written into ``:clinic`` with that clinic's
+#: ``:patient``, ``:professional`` (a member not yet on the care team nor certified),
+#: ``:treatment`` and ``:user`` (a person not yet a member); only the policy can refuse it.
+INSERT_ROW = {
+    "patients": (
+        "INSERT INTO patients (clinic_id, id, full_name, cpf, created_at, updated_at)"
+        " VALUES (:clinic, :id, 'Paciente Intruso', :cpf, now(), now())"
+    ),
+    "appointments": (
+        "INSERT INTO appointments (clinic_id, id, patient_id, professional_id, starts_at,"
+        " ends_at, status, created_at, updated_at) VALUES (:clinic, :id, :patient,"
+        " :professional, now() + interval '1 day', now() + interval '1 day 30 minutes',"
+        " 'scheduled', now(), now())"
+    ),
+    "care_team": (
+        "INSERT INTO care_team (clinic_id, patient_id, professional_id, added_at)"
+        " VALUES (:clinic, :patient, :professional, now())"
+    ),
+    "treatments": (
+        "INSERT INTO treatments (clinic_id, id, name, duration_minutes,"
+        " requires_certification, is_active, created_at, updated_at)"
+        " VALUES (:clinic, :id, :name, 30, false, true, now(), now())"
+    ),
+    "treatment_certifications": (
+        "INSERT INTO treatment_certifications (clinic_id, treatment_id, professional_id,"
+        " certified_at) VALUES (:clinic, :treatment, :professional, now())"
+    ),
+    "emergency_grants": (
+        "INSERT INTO emergency_grants (clinic_id, id, patient_id, grantee_id, justification,"
+        " granted_at, expires_at) VALUES (:clinic, :id, :patient, :professional,"
+        " 'Paciente inconsciente no pronto-socorro', now(), now() + interval '1 hour')"
+    ),
+    "medical_records": (
+        "INSERT INTO medical_records (clinic_id, id, patient_id, author_id, kind, notes,"
+        " created_at) VALUES (:clinic, :id, :patient, :professional, 'consultation',"
+        " 'Sem queixas.', now())"
+    ),
+    "prescriptions": (
+        "INSERT INTO prescriptions (clinic_id, id, patient_id, prescriber_id, medication,"
+        " dosage, status, issued_at) VALUES (:clinic, :id, :patient, :professional,"
+        " 'Dipirona 500 mg', '1 comprimido a cada 6 horas', 'active', now())"
+    ),
+    "clinic_memberships": (
+        "INSERT INTO clinic_memberships (clinic_id, user_id, role, is_active, created_at,"
+        " updated_at) VALUES (:clinic, :user, 'receptionist', true, now(), now())"
+    ),
+    "api_keys": (
+        "INSERT INTO api_keys (clinic_id, id, prefix, secret_hash, name, scopes, created_at)"
+        " VALUES (:clinic, :id, :prefix, :secret_hash, 'intruder', '[]', now())"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ClinicRows:
+    """One seeded clinic: at least one row in every tenant table."""
+
+    clinic_id: uuid.UUID
+    physician_id: uuid.UUID
+    nurse_id: uuid.UUID
+    outsider_id: uuid.UUID
+    patient_id: uuid.UUID
+    treatment_id: uuid.UUID
+    api_key_id: uuid.UUID
+    api_key_prefix: str
+
+    def insert_params(self) -> dict[str, Any]:
+        """Parameters for :data:`INSERT_ROW` that make a valid new row in this clinic."""
+        return {
+            "clinic": self.clinic_id,
+            "id": uuid.uuid4(),
+            "patient": self.patient_id,
+            "professional": self.nurse_id,
+            "treatment": self.treatment_id,
+            "user": self.outsider_id,
+            "cpf": generate_cpf(_cpfs),
+            "name": f"Tratamento {secrets.token_hex(4)}",
+            "prefix": secrets.token_hex(6),
+            "secret_hash": secrets.token_hex(32),
+        }
+
+
+@dataclass(frozen=True)
+class TwoClinics:
+    a: ClinicRows
+    b: ClinicRows
+    shared_user_id: uuid.UUID
+    """A person who is a member of both clinics."""
+
+
+@pytest.fixture
+async def db(postgres_backend: Backend) -> AsyncIterator[Database]:
+    """The database as the application role, the one row-level security binds (PostgreSQL
+    only: SQLite has no row-level security to prove)."""
+    database = Database.from_url(postgres_backend.database_url, hide_parameters=True)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+def admin(postgres_backend: Backend) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection (bypasses RLS), to check what really is in the tables."""
+    assert postgres_backend.postgres is not None
+    with psycopg.connect(postgres_backend.postgres.admin_url, autocommit=True) as conn:
+        yield conn
+
+
+def on(table: str, template: str) -> TextClause:
+    """``template`` with ``{table}`` replaced by one of the tenant tables above (constants,
+    never input: an unknown name is refused)."""
+    if table not in TENANT_TABLES:
+        raise ValueError(f"not a tenant table: {table}")
+    return text(template.format(table=table))
+
+
+def statement_params(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Only the parameters ``sql`` names."""
+    return {k: v for k, v in params.items() if f":{k}" in sql}
+
+
+def admin_count(admin: psycopg.Connection[Any], table: str, clinic_id: uuid.UUID) -> int:
+    query = pgsql.SQL("SELECT count(*) FROM {} WHERE clinic_id = %s").format(
+        pgsql.Identifier(table)
+    )
+    row = admin.execute(query, (clinic_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def seed_clinic(db: Database, shared_user_id: uuid.UUID) -> ClinicRows:
+    """A clinic with a row in every tenant table, written as its own maintenance context."""
+    clinic = f.clinic()
+    physician, nurse, outsider = f.user(), f.user(), f.user()
+    async with db.transaction() as s:
+        s.add_all([clinic, physician, nurse, outsider])
+    now = datetime.now(UTC)
+    patient = f.patient(clinic.id)
+    treatment = Treatment(clinic_id=clinic.id, name="Consulta")
+    api_key = ApiKey(
+        clinic_id=clinic.id,
+        prefix=secrets.token_hex(6),
+        secret_hash=secrets.token_hex(32),
+        name="integração",
+        scopes=[],
+    )
+    async with db.transaction(TenantContext.system(clinic.id)) as s:
+        s.add_all(
+            [
+                f.membership(clinic.id, physician.id, "physician"),
+                f.membership(clinic.id, nurse.id, "nurse"),
+                f.membership(clinic.id, shared_user_id, "receptionist"),
+                patient,
+                treatment,
+                api_key,
+            ]
+        )
+        await s.flush()
+        record = f.medical_record(clinic.id, patient.id, physician.id)
+        s.add_all(
+            [
+                CareTeamMember(
+                    clinic_id=clinic.id, patient_id=patient.id, professional_id=physician.id
+                ),
+                TreatmentCertification(
+                    clinic_id=clinic.id, treatment_id=treatment.id, professional_id=physician.id
+                ),
+                Appointment(
+                    clinic_id=clinic.id,
+                    patient_id=patient.id,
+                    professional_id=physician.id,
+                    treatment_id=treatment.id,
+                    starts_at=now + timedelta(days=1),
+                    ends_at=now + timedelta(days=1, minutes=30),
+                ),
+                EmergencyGrant(
+                    clinic_id=clinic.id,
+                    patient_id=patient.id,
+                    grantee_id=physician.id,
+                    justification="Paciente inconsciente no pronto-socorro",
+                    expires_at=now + timedelta(hours=1),
+                ),
+                record,
+            ]
+        )
+        await s.flush()
+        s.add(
+            Prescription(
+                clinic_id=clinic.id,
+                patient_id=patient.id,
+                prescriber_id=physician.id,
+                record_id=record.id,
+                medication="Dipirona 500 mg",
+                dosage="1 comprimido a cada 6 horas",
+            )
+        )
+    return ClinicRows(
+        clinic_id=clinic.id,
+        physician_id=physician.id,
+        nurse_id=nurse.id,
+        outsider_id=outsider.id,
+        patient_id=patient.id,
+        treatment_id=treatment.id,
+        api_key_id=api_key.id,
+        api_key_prefix=api_key.prefix,
+    )
+
+
+async def seed_two_clinics(db: Database) -> TwoClinics:
+    shared = f.user()
+    async with db.transaction() as s:
+        s.add(shared)
+    return TwoClinics(
+        a=await seed_clinic(db, shared.id),
+        b=await seed_clinic(db, shared.id),
+        shared_user_id=shared.id,
+    )
+
+
+@pytest.fixture
+async def clinics(db: Database, admin: psycopg.Connection[Any]) -> TwoClinics:
+    """Two fully seeded clinics, checked (as the superuser) to have rows in every table."""
+    seeded = await seed_two_clinics(db)
+    for table in TENANT_TABLES:
+        for rows in (seeded.a, seeded.b):
+            assert admin_count(admin, table, rows.clinic_id) > 0, table
+    return seeded
+
+
+# -- one clinic's context never reaches another clinic --------------------------------------
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_clinic_context_sees_only_its_own_rows(
+    db: Database, clinics: TwoClinics, table: str
+) -> None:
+    """SELECT * in clinic A's maintenance context returns A's rows and none of B's."""
+    async with db.transaction(TenantContext.system(clinics.a.clinic_id)) as s:
+        rows = (await s.execute(on(table, "SELECT * FROM {table}"))).mappings().all()
+    assert rows, f"clinic A should see its own {table}"
+    assert {row["clinic_id"] for row in rows} == {clinics.a.clinic_id}
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_naming_another_clinic_finds_nothing(
+    db: Database, clinics: TwoClinics, table: str
+) -> None:
+    """WHERE clinic_id = B in clinic A's context finds no row."""
+    async with db.transaction(TenantContext.system(clinics.a.clinic_id)) as s:
+        found = await s.scalar(
+            on(table, "SELECT count(*) FROM {table} WHERE clinic_id = :b"),
+            {"b": clinics.b.clinic_id},
+        )
+    assert found == 0
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_update_and_delete_cannot_reach_another_clinic(
+    db: Database, clinics: TwoClinics, admin: psycopg.Connection[Any], table: str
+) -> None:
+    """UPDATE and DELETE of clinic B's rows in clinic A's context affect no row."""
+    a, b = clinics.a.clinic_id, clinics.b.clinic_id
+    before = admin_count(admin, table, b)
+    touch = on(table, "UPDATE {table} SET clinic_id = clinic_id WHERE clinic_id = :c")
+    async with db.transaction(TenantContext.system(a)) as s:
+        assert (await s.execute(touch, {"c": b})).rowcount == 0  # type: ignore[attr-defined]
+        deleted = await s.execute(on(table, "DELETE FROM {table} WHERE clinic_id = :c"), {"c": b})
+        assert deleted.rowcount == 0  # type: ignore[attr-defined]
+        # the same UPDATE does reach the clinic's own rows
+        assert (await s.execute(touch, {"c": a})).rowcount > 0  # type: ignore[attr-defined]
+    assert admin_count(admin, table, b) == before
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_insert_into_another_clinic_is_refused(
+    db: Database, clinics: TwoClinics, admin: psycopg.Connection[Any], table: str
+) -> None:
+    """A row for clinic B written in clinic A's context is a row-level security violation
+    (and the very same row is accepted in clinic B's own context)."""
+    sql = INSERT_ROW[table]
+    params = statement_params(sql, clinics.b.insert_params())
+    before = admin_count(admin, table, clinics.b.clinic_id)
+    with pytest.raises(DBAPIError, match=RLS_VIOLATION):
+        async with db.transaction(TenantContext.system(clinics.a.clinic_id)) as s:
+            await s.execute(text(sql), params)
+    assert admin_count(admin, table, clinics.b.clinic_id) == before
+    async with db.transaction(TenantContext.system(clinics.b.clinic_id)) as s:
+        await s.execute(text(sql), params)
+    assert admin_count(admin, table, clinics.b.clinic_id) == before + 1
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_own_rows_cannot_be_moved_into_another_clinic(
+    db: Database, clinics: TwoClinics, table: str
+) -> None:
+    """UPDATE ... SET clinic_id = B of clinic A's own rows fails the policy's WITH CHECK."""
+    with pytest.raises(DBAPIError, match=RLS_VIOLATION):
+        async with db.transaction(TenantContext.system(clinics.a.clinic_id)) as s:
+            await s.execute(
+                on(table, "UPDATE {table} SET clinic_id = :b WHERE clinic_id = :a"),
+                {"a": clinics.a.clinic_id, "b": clinics.b.clinic_id},
+            )
+
+
+# -- no tenant context: nothing ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_transaction_without_tenant_sees_nothing(
+    db: Database, clinics: TwoClinics, table: str
+) -> None:
+    """A transaction that sets no tenant sees zero rows of any clinic."""
+    async with db.transaction() as s:
+        assert await s.scalar(on(table, "SELECT count(*) FROM {table}")) == 0
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_transaction_without_tenant_cannot_write(
+    db: Database, clinics: TwoClinics, admin: psycopg.Connection[Any], table: str
+) -> None:
+    """Without a tenant, INSERT is refused and UPDATE/DELETE reach no row."""
+    sql = INSERT_ROW[table]
+    with pytest.raises(DBAPIError, match=RLS_VIOLATION):
+        async with db.transaction() as s:
+            await s.execute(text(sql), statement_params(sql, clinics.b.insert_params()))
+    before = admin_count(admin, table, clinics.a.clinic_id)
+    async with db.transaction() as s:
+        updated = await s.execute(on(table, "UPDATE {table} SET clinic_id = clinic_id"))
+        deleted = await s.execute(on(table, "DELETE FROM {table}"))
+    assert (updated.rowcount, deleted.rowcount) == (0, 0)  # type: ignore[attr-defined]
+    assert admin_count(admin, table, clinics.a.clinic_id) == before
+
+
+@pytest.mark.parametrize("table", [t for t in TENANT_TABLES if t != "clinic_memberships"])
+async def test_person_without_clinic_sees_no_tenant_rows(
+    db: Database, clinics: TwoClinics, table: str
+) -> None:
+    """Before a clinic is chosen a member of both clinics sees none of either's rows."""
+    async with db.transaction(TenantContext.person(clinics.shared_user_id)) as s:
+        assert await s.scalar(on(table, "SELECT count(*) FROM {table}")) == 0
+
+
+# -- clinical rows follow the care relationship ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClinicalWorld:
+    clinic_id: uuid.UUID
+    other_clinic_id: uuid.UUID
+    patient_id: uuid.UUID
+    other_patient_id: uuid.UUID
+    users: dict[str, uuid.UUID]
+    """Seeded people by their relationship to ``patient_id`` (see :func:`seed_clinical`)."""
+
+
+#: Clinic A's people and their role there. Only ``patient`` is linked to a patients row
+#: (the patient the cases are about); ``other_patient`` is the login of a second patient.
+CLINICAL_STAFF = {
+    "physician_off_team": "physician",
+    "physician_on_care_team": "physician",
+    "physician_with_appointment": "physician",
+    "physician_with_completed_appointment": "physician",
+    "physician_with_cancelled_appointment": "physician",
+    "physician_with_grant": "physician",
+    "physician_with_expired_grant": "physician",
+    "physician_with_revoked_grant": "physician",
+    "physician_of_other_patient": "physician",
+    "nurse_on_care_team": "nurse",
+    "nurse_off_team": "nurse",
+    "receptionist": "receptionist",
+    "clinic_admin": "clinic_admin",
+    "compliance_officer": "compliance_officer",
+}
+
+
+async def seed_clinical(db: Database) -> ClinicalWorld:
+    """Clinic A with a patient, a second patient, one clinical record and one prescription
+    each, and one person per kind of relationship to the first patient. Clinic B has the
+    care-team physician as a member too (to prove their access does not travel)."""
+    a, b = f.clinic(), f.clinic()
+    users = {name: f.user() for name in [*CLINICAL_STAFF, "patient", "other_patient"]}
+    async with db.transaction() as s:
+        s.add_all([a, b, *users.values()])
+    ids = {name: u.id for name, u in users.items()}
+    now = datetime.now(UTC)
+    patient = f.patient(a.id, user_id=ids["patient"])
+    other = f.patient(a.id, user_id=ids["other_patient"])
+    async with db.transaction(TenantContext.system(b.id)) as s:
+        s.add(f.membership(b.id, ids["physician_on_care_team"], "physician"))
+    async with db.transaction(TenantContext.system(a.id)) as s:
+        s.add_all([f.membership(a.id, ids[name], role) for name, role in CLINICAL_STAFF.items()])
+        s.add_all([patient, other])
+        await s.flush()
+
+        def appointment(who: str, patient_id: uuid.UUID, status: str) -> Appointment:
+            return Appointment(
+                clinic_id=a.id,
+                patient_id=patient_id,
+                professional_id=ids[who],
+                starts_at=now + timedelta(days=1),
+                ends_at=now + timedelta(days=1, minutes=30),
+                status=status,
+            )
+
+        def grant(who: str, *, expires_in: timedelta, revoked: bool = False) -> EmergencyGrant:
+            return EmergencyGrant(
+                clinic_id=a.id,
+                patient_id=patient.id,
+                grantee_id=ids[who],
+                justification="Paciente inconsciente no pronto-socorro",
+                granted_at=now - timedelta(hours=2),
+                expires_at=now + expires_in,
+                revoked_at=now - timedelta(minutes=5) if revoked else None,
+            )
+
+        records = {
+            pid: f.medical_record(a.id, pid, ids["physician_on_care_team"])
+            for pid in (patient.id, other.id)
+        }
+        s.add_all(
+            [
+                CareTeamMember(
+                    clinic_id=a.id,
+                    patient_id=patient.id,
+                    professional_id=ids["physician_on_care_team"],
+                ),
+                CareTeamMember(
+                    clinic_id=a.id,
+                    patient_id=patient.id,
+                    professional_id=ids["nurse_on_care_team"],
+                ),
+                appointment("physician_with_appointment", patient.id, "scheduled"),
+                appointment("physician_with_completed_appointment", patient.id, "completed"),
+                appointment("physician_with_cancelled_appointment", patient.id, "cancelled"),
+                appointment("physician_of_other_patient", other.id, "confirmed"),
+                grant("physician_with_grant", expires_in=timedelta(hours=1)),
+                grant("physician_with_expired_grant", expires_in=-timedelta(hours=1)),
+                grant("physician_with_revoked_grant", expires_in=timedelta(hours=1), revoked=True),
+                *records.values(),
+            ]
+        )
+        await s.flush()
+        s.add_all(
+            [
+                Prescription(
+                    clinic_id=a.id,
+                    patient_id=pid,
+                    prescriber_id=ids["physician_on_care_team"],
+                    record_id=record.id,
+                    medication="Amoxicilina 500 mg",
+                    dosage="1 cápsula a cada 8 horas",
+                )
+                for pid, record in records.items()
+            ]
+        )
+    return ClinicalWorld(
+        clinic_id=a.id,
+        other_clinic_id=b.id,
+        patient_id=patient.id,
+        other_patient_id=other.id,
+        users=ids,
+    )
+
+
+@pytest.fixture
+async def clinical(db: Database) -> ClinicalWorld:
+    return await seed_clinical(db)
+
+
+THE_PATIENT, BOTH_PATIENTS, OTHER_PATIENT, NO_PATIENT = "the", "both", "other", "none"
+
+#: (who, role in the transaction, which patients' clinical rows they see)
+CLINICAL_CASES = [
+    ("physician_off_team", "physician", NO_PATIENT),
+    ("physician_on_care_team", "physician", THE_PATIENT),
+    ("physician_with_appointment", "physician", THE_PATIENT),
+    ("physician_with_completed_appointment", "physician", THE_PATIENT),
+    ("physician_with_cancelled_appointment", "physician", NO_PATIENT),
+    ("physician_with_grant", "physician", THE_PATIENT),
+    ("physician_with_expired_grant", "physician", NO_PATIENT),
+    ("physician_with_revoked_grant", "physician", NO_PATIENT),
+    ("physician_of_other_patient", "physician", OTHER_PATIENT),
+    ("nurse_on_care_team", "nurse", THE_PATIENT),
+    ("nurse_off_team", "nurse", NO_PATIENT),
+    ("receptionist", "receptionist", NO_PATIENT),
+    ("clinic_admin", "clinic_admin", NO_PATIENT),
+    # compliance sees the rows; the application hides their clinical content
+    ("compliance_officer", "compliance_officer", BOTH_PATIENTS),
+    ("patient", "patient", THE_PATIENT),
+    ("other_patient", "patient", OTHER_PATIENT),
+    # the relationship is the user's, not the role's: a care-team member's id with a
+    # receptionist role in the transaction sees nothing
+    ("physician_on_care_team", "receptionist", NO_PATIENT),
+]
+
+
+def expected_patients(world: ClinicalWorld, which: str) -> set[uuid.UUID]:
+    return {
+        THE_PATIENT: {world.patient_id},
+        OTHER_PATIENT: {world.other_patient_id},
+        BOTH_PATIENTS: {world.patient_id, world.other_patient_id},
+        NO_PATIENT: set(),
+    }[which]
+
+
+@pytest.mark.parametrize("table", CLINICAL_TABLES)
+@pytest.mark.parametrize("case", CLINICAL_CASES, ids=[f"{w}-as-{r}" for w, r, _ in CLINICAL_CASES])
+async def test_clinical_rows_follow_the_care_relationship(
+    db: Database, clinical: ClinicalWorld, table: str, case: tuple[str, str, str]
+) -> None:
+    """Each relationship to a patient sees exactly the clinical rows the policy allows."""
+    who, role, sees = case
+    tenant = TenantContext(clinical.clinic_id, clinical.users[who], role)
+    async with db.transaction(tenant) as s:
+        found = set((await s.execute(on(table, "SELECT patient_id FROM {table}"))).scalars())
+    assert found == expected_patients(clinical, sees)
+
+
+@pytest.mark.parametrize("table", CLINICAL_TABLES)
+async def test_maintenance_context_sees_all_clinical_rows_of_its_clinic(
+    db: Database, clinical: ClinicalWorld, table: str
+) -> None:
+    """The system role sees every clinical row of its own clinic."""
+    async with db.transaction(TenantContext.system(clinical.clinic_id)) as s:
+        found = set((await s.execute(on(table, "SELECT patient_id FROM {table}"))).scalars())
+    assert found == {clinical.patient_id, clinical.other_patient_id}
+
+
+@pytest.mark.parametrize("table", CLINICAL_TABLES)
+async def test_care_team_access_does_not_travel_to_another_clinic(
+    db: Database, clinical: ClinicalWorld, table: str
+) -> None:
+    """A clinic-A care-team physician working in clinic B sees none of A's clinical rows."""
+    tenant = TenantContext(
+        clinical.other_clinic_id, clinical.users["physician_on_care_team"], "physician"
+    )
+    async with db.transaction(tenant) as s:
+        assert await s.scalar(on(table, "SELECT count(*) FROM {table}")) == 0
+
+
+@pytest.mark.parametrize("table", CLINICAL_TABLES)
+async def test_only_a_related_clinician_can_write_clinical_rows(
+    db: Database, clinical: ClinicalWorld, admin: psycopg.Connection[Any], table: str
+) -> None:
+    """An off-care-team physician's record or prescription fails WITH CHECK; the same row
+    from the care-team physician is accepted."""
+    sql = INSERT_ROW[table]
+
+    def row_by(who: str) -> dict[str, Any]:
+        return statement_params(
+            sql,
+            {
+                "clinic": clinical.clinic_id,
+                "id": uuid.uuid4(),
+                "patient": clinical.patient_id,
+                "professional": clinical.users[who],
+            },
+        )
+
+    before = admin_count(admin, table, clinical.clinic_id)
+    for who, role in (("physician_off_team", "physician"), ("receptionist", "receptionist")):
+        with pytest.raises(DBAPIError, match=RLS_VIOLATION):
+            async with db.transaction(
+                TenantContext(clinical.clinic_id, clinical.users[who], role)
+            ) as s:
+                await s.execute(text(sql), row_by(who))
+    assert admin_count(admin, table, clinical.clinic_id) == before
+    author = clinical.users["physician_on_care_team"]
+    async with db.transaction(TenantContext(clinical.clinic_id, author, "physician")) as s:
+        await s.execute(text(sql), row_by("physician_on_care_team"))
+    assert admin_count(admin, table, clinical.clinic_id) == before + 1
+
+
+@pytest.mark.parametrize("table", CLINICAL_TABLES)
+async def test_off_team_physician_cannot_change_or_remove_clinical_rows(
+    db: Database, clinical: ClinicalWorld, admin: psycopg.Connection[Any], table: str
+) -> None:
+    """UPDATE and DELETE of clinical rows by an unrelated physician reach no row."""
+    before = admin_count(admin, table, clinical.clinic_id)
+    tenant = TenantContext(clinical.clinic_id, clinical.users["physician_off_team"], "physician")
+    async with db.transaction(tenant) as s:
+        updated = await s.execute(on(table, "UPDATE {table} SET clinic_id = clinic_id"))
+        deleted = await s.execute(on(table, "DELETE FROM {table}"))
+    assert (updated.rowcount, deleted.rowcount) == (0, 0)  # type: ignore[attr-defined]
+    assert admin_count(admin, table, clinical.clinic_id) == before
+
+
+# -- a patient sees only themselves ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("who", "own"), [("patient", "the"), ("other_patient", "other")])
+async def test_patient_sees_only_own_patient_row_and_appointments(
+    db: Database, clinical: ClinicalWorld, who: str, own: str
+) -> None:
+    """A patient-role transaction sees its own patients row and appointments, no one else's."""
+    own_id = clinical.patient_id if own == "the" else clinical.other_patient_id
+    async with db.transaction(
+        TenantContext(clinical.clinic_id, clinical.users[who], "patient")
+    ) as s:
+        patients = set((await s.execute(text("SELECT id FROM patients"))).scalars())
+        appointments = list(
+            (await s.execute(text("SELECT patient_id FROM appointments"))).scalars()
+        )
+    assert patients == {own_id}
+    assert appointments
+    assert set(appointments) == {own_id}
+
+
+async def test_staff_see_every_patient_and_appointment_of_their_clinic(
+    db: Database, clinical: ClinicalWorld
+) -> None:
+    """A receptionist (not a patient) sees all the clinic's patients and appointments."""
+    tenant = TenantContext(clinical.clinic_id, clinical.users["receptionist"], "receptionist")
+    async with db.transaction(tenant) as s:
+        patients = set((await s.execute(text("SELECT id FROM patients"))).scalars())
+        appointments = set((await s.execute(text("SELECT patient_id FROM appointments"))).scalars())
+    assert patients == appointments == {clinical.patient_id, clinical.other_patient_id}
+
+
+# -- before a clinic is chosen: own memberships, one API key --------------------------------
+
+
+async def test_person_sees_only_own_memberships_across_clinics(
+    db: Database, clinics: TwoClinics
+) -> None:
+    """Sign-in's person context sees that person's memberships in every clinic, nobody else's."""
+    async with db.transaction(TenantContext.person(clinics.shared_user_id)) as s:
+        rows = (await s.execute(text("SELECT clinic_id, user_id FROM clinic_memberships"))).all()
+    assert {tuple(row) for row in rows} == {
+        (clinics.a.clinic_id, clinics.shared_user_id),
+        (clinics.b.clinic_id, clinics.shared_user_id),
+    }
+    async with db.transaction(TenantContext.person(clinics.a.physician_id)) as s:
+        rows = (await s.execute(text("SELECT clinic_id, user_id FROM clinic_memberships"))).all()
+    assert {tuple(row) for row in rows} == {(clinics.a.clinic_id, clinics.a.physician_id)}
+
+
+async def test_person_cannot_make_themselves_a_member(db: Database, clinics: TwoClinics) -> None:
+    """Seeing one's memberships is not writing them: without a clinic, INSERT is refused."""
+    sql = INSERT_ROW["clinic_memberships"]
+    params = statement_params(sql, clinics.b.insert_params())
+    with pytest.raises(DBAPIError, match=RLS_VIOLATION):
+        async with db.transaction(TenantContext.person(params["user"])) as s:
+            await s.execute(text(sql), params)
+
+
+async def test_api_key_lookup_sees_exactly_the_named_prefix(
+    db: Database, clinics: TwoClinics
+) -> None:
+    """With app.api_key_prefix and no clinic, exactly the key with that prefix is visible."""
+    for rows in (clinics.a, clinics.b):
+        async with db.transaction() as s:
+            await db.set_setting(s, "app.api_key_prefix", rows.api_key_prefix)
+            found = (await s.execute(text("SELECT clinic_id, id, prefix FROM api_keys"))).all()
+        assert [tuple(row) for row in found] == [
+            (rows.clinic_id, rows.api_key_id, rows.api_key_prefix)
+        ]
+
+
+@pytest.mark.parametrize("prefix", [None, "", "0000deadbeef"], ids=["unset", "empty", "unknown"])
+async def test_api_key_lookup_without_a_known_prefix_sees_nothing(
+    db: Database, clinics: TwoClinics, prefix: str | None
+) -> None:
+    """No prefix, an empty one or an unknown one makes no API key visible."""
+    async with db.transaction() as s:
+        if prefix is not None:
+            await db.set_setting(s, "app.api_key_prefix", prefix)
+        assert await s.scalar(text("SELECT count(*) FROM api_keys")) == 0
+
+
+# -- the catalogue: nothing tenant-owned escapes RLS ----------------------------------------
+
+_RLS_FLAGS = (
+    "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)"
+)
+
+
+def rls_flags(admin: psycopg.Connection[Any], tables: list[str]) -> dict[str, tuple[bool, bool]]:
+    rows = admin.execute(_RLS_FLAGS, (tables,))
+    return {name: (enabled, forced) for name, enabled, forced in rows}
+
+
+def test_every_tenant_table_has_rls_enabled_and_forced(
+    admin: psycopg.Connection[Any],
+) -> None:
+    """pg_class: every tenant table has RLS enabled and forced, and a policy."""
+    assert rls_flags(admin, list(TENANT_TABLES)) == dict.fromkeys(TENANT_TABLES, (True, True))
+    with_policy = {
+        row[0]
+        for row in admin.execute(
+            "SELECT tablename FROM pg_policies WHERE schemaname = 'public' AND tablename = ANY(%s)",
+            (list(TENANT_TABLES),),
+        )
+    }
+    assert with_policy == set(TENANT_TABLES)
+
+
+def test_every_table_with_a_clinic_id_is_under_rls(admin: psycopg.Connection[Any]) -> None:
+    """A table with a clinic_id column (but the audit trail) without forced RLS fails here."""
+    tables = sorted(
+        row[0]
+        for row in admin.execute(
+            "SELECT c.table_name FROM information_schema.columns c"
+            " JOIN information_schema.tables t"
+            "   ON t.table_schema = c.table_schema AND t.table_name = c.table_name"
+            " WHERE c.table_schema = 'public' AND c.column_name = 'clinic_id'"
+            "   AND t.table_type = 'BASE TABLE'"
+        )
+        if row[0] not in NOT_TENANT_SCOPED
+    )
+    assert set(tables) >= set(TENANT_TABLES)
+    assert rls_flags(admin, tables) == dict.fromkeys(tables, (True, True))
