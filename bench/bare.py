@@ -21,7 +21,13 @@ Endpoints (each scenario in :mod:`bench.scenarios` names the one it compares aga
   of a clinicguard read that writes its audit event in the same transaction;
 - ``GET /users/{id}`` — a primary-key SELECT of a row shaped like clinicguard's users row (every
   column, as the ORM loads it) in one transaction, answered in the shape of
-  ``GET /api/v1/me``: clinicguard's ``/me`` without authenticating the caller.
+  ``GET /api/v1/me``: clinicguard's ``/me`` without authenticating the caller;
+- ``GET /patients/{clinic_id}/{id}`` — clinicguard's own ``patients`` row by primary key
+  (every column, as the ORM loads it) in one transaction, answered in the shape of
+  ``GET /api/v1/patients/{id}``: clinicguard's patient read without authentication or
+  authorization. Row-level security binds the application role, so the transaction first
+  names the clinic and a staff role with the same ``set_config`` statement as
+  clinicguard's ``Database.set_tenant`` (without it the SELECT sees no row at all).
 """
 
 from __future__ import annotations
@@ -64,6 +70,18 @@ SELECT_USER = text(
     " last_login_at, created_at, updated_at FROM bench.users WHERE id = :id"
 )
 """Every column, as clinicguard's ``session.get(User, id)`` selects them."""
+SET_TENANT = text(
+    "SELECT set_config('app.clinic_id', :clinic_id, true),"
+    " set_config('app.user_id', :user_id, true),"
+    " set_config('app.role', :role, true)"
+)
+"""clinicguard.store.db._SET_TENANT: what row-level security reads (per transaction)."""
+SELECT_PATIENT = text(
+    "SELECT clinic_id, id, full_name, cpf, birth_date, phone, email, address, allergies,"
+    " medications, medical_conditions, user_id, created_at, updated_at"
+    " FROM patients WHERE clinic_id = :clinic_id AND id = :id"
+)
+"""Every column, as clinicguard's ``select(Patient)`` selects them (clinicguard's table)."""
 INSERT_EVENT = text(
     "INSERT INTO bench.events (id, occurred_at, record_id, clinic_id, actor, action)"
     " VALUES (:id, now(), :record_id, :clinic_id, :actor, :action)"
@@ -102,6 +120,26 @@ class Me(BaseModel):
     scopes: list[str]
 
 
+class Patient(BaseModel):
+    """The fields of clinicguard's ``PatientOut`` (what a care-team physician is shown)."""
+
+    id: uuid.UUID
+    full_name: str | None = None
+    cpf: str | None = None
+    birth_date: date | str | None = None
+    phone: str | None = None
+    email: str | None = None
+    address: str | None = None
+    allergies: str | None = None
+    medications: str | None = None
+    medical_conditions: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+PATIENT_FIELDS = tuple(Patient.model_fields)
+BENCH_ROLE = "physician"
+"""The role the bare ``/patients/…`` names for row-level security (nobody signed in)."""
 BENCH_CLINIC_ID = uuid.UUID(int=0x00BE_0C11)
 """The clinic the bare ``/users/{id}`` answers with (clinicguard's comes from the session)."""
 
@@ -189,5 +227,20 @@ def create_app() -> FastAPI:
             mfa_enabled=row["mfa_enabled"],
             scopes=["full"],
         )
+
+    @app.get("/patients/{clinic_id}/{patient_id}", response_model=Patient)
+    async def read_patient(clinic_id: uuid.UUID, patient_id: uuid.UUID) -> Patient:
+        async with sessions() as session, session.begin():
+            await session.execute(
+                SET_TENANT, {"clinic_id": str(clinic_id), "user_id": "", "role": BENCH_ROLE}
+            )
+            row = (
+                (await session.execute(SELECT_PATIENT, {"clinic_id": clinic_id, "id": patient_id}))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise HTTPException(status_code=404)
+        return Patient.model_validate({name: row[name] for name in PATIENT_FIELDS})
 
     return app

@@ -27,6 +27,7 @@ from clinicguard.clinic import schemas as s
 from clinicguard.clinic.access import (
     CLINICIANS,
     ClinicHoursCache,
+    is_patient,
     patient_facts,
     visible_clinical,
     visible_patients,
@@ -486,10 +487,10 @@ class ClinicDataService:
         cursor: str | None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         # A patient lists only their own appointments: the "self" fact holds by the filter.
-        facts = {Condition.SELF: True} if principal.role == "patient" else {}
+        facts = {Condition.SELF: True} if is_patient(principal) else {}
         decision = await self._authz.require(principal, Permission.APPOINTMENTS_READ, facts)
         query = select(Appointment).where(Appointment.clinic_id == principal.clinic_id)
-        if principal.role == "patient":
+        if is_patient(principal):
             query = query.where(
                 Appointment.patient_id.in_(select(Patient.id).where(visible_patients(principal)))
             )
