@@ -24,8 +24,8 @@ Adding a scenario (about ten lines; see bench/README.md for a logged-in example)
 
     register(
         Scenario(
-            name="patient-read",
-            description="GET one patient (authz, decrypt, mask, audit) vs PK SELECT + INSERT",
+            name="nurse-patient-read",
+            description="GET one patient as a care-team nurse vs the same tenant-scoped SELECT",
             clinicguard=Endpoint(
                 setup=my_login_setup,  # async (ctx) -> {"Authorization": "Bearer …"}
                 request=lambda ctx, headers, i: HttpRequest(
@@ -33,7 +33,12 @@ Adding a scenario (about ten lines; see bench/README.md for a logged-in example)
                     headers=headers,
                 ),
             ),
-            bare=BARE_SELECT_INSERT,
+            bare=Endpoint(
+                request=lambda ctx, _state, i: HttpRequest(
+                    "GET", f"/patients/{ctx.demo['clinics'][0]['id']}"
+                    f"/{ctx.demo['clinics'][0]['patients'][i % 3]['id']}",
+                ),
+            ),
         )
     )
 """
@@ -370,10 +375,13 @@ def _bare_user(ctx: BenchContext, _state: object, i: int) -> HttpRequest:
     return HttpRequest("GET", f"/users/{ctx.user_ids[i % len(ctx.user_ids)]}")
 
 
-async def _probe_unloaded(ctx: BenchContext, requests: list[HttpRequest]) -> None:
-    """(Once per side) the side's latency with nothing else running, for the figures."""
-    if _UNLOADED + ctx.target not in ctx.cache:
-        ctx.cache[_UNLOADED + ctx.target] = await signins.unloaded_latency(ctx.base_url, requests)
+async def _probe_unloaded(
+    ctx: BenchContext, requests: list[HttpRequest], prefix: str = _UNLOADED
+) -> None:
+    """(Once per side) the side's latency with nothing else running, for the figures; kept
+    in ``ctx.cache`` under ``prefix`` + the side's target."""
+    if prefix + ctx.target not in ctx.cache:
+        ctx.cache[prefix + ctx.target] = await signins.unloaded_latency(ctx.base_url, requests)
 
 
 async def _me_with_probes(ctx: BenchContext) -> list[str]:
@@ -406,10 +414,20 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} ms"
 
 
-def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
-    """What authenticating costs a request: clinicguard's p50 and server CPU per request
-    minus the bare endpoint's (the same SELECT, no authentication), and the key-value
-    commands per request counted by the probe."""
+@dataclass(frozen=True)
+class _Difference:
+    """clinicguard's figures minus bare's: loaded p50 and server CPU per request (µs), and
+    the unloaded p50s the setups' probes measured (ms) and their difference (µs)."""
+
+    p50_us: int | None
+    cpu_us: int | None
+    unloaded: dict[str, float]
+    unloaded_us: int | None
+
+
+def _difference(
+    result: ScenarioResult, cache: Mapping[str, Any], unloaded_prefix: str
+) -> _Difference:
     cg, bare = result.side("clinicguard"), result.side("bare")
     p50_us = cpu_us = None
     if cg is not None and bare is not None and cg.requests and bare.requests:
@@ -418,25 +436,46 @@ def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
         if cg_cpu is not None and bare_cpu is not None:
             cpu_us = round(cg_cpu - bare_cpu)
     unloaded = {
-        side: cache[_UNLOADED + side]["latency_ms"]["p50"]
+        side: cache[unloaded_prefix + side]["latency_ms"]["p50"]
         for side in ("clinicguard", "bare")
-        if _UNLOADED + side in cache
+        if unloaded_prefix + side in cache
     }
     unloaded_us = (
         round((unloaded["clinicguard"] - unloaded["bare"]) * 1000) if len(unloaded) == 2 else None
     )
-    probe: dict[str, Any] = dict(cache.get(_KV_PROBE) or {"error": "not measured"})
+    return _Difference(p50_us, cpu_us, unloaded, unloaded_us)
+
+
+def _unloaded_line(diff: _Difference) -> str:
+    return (
+        f"  unloaded (one connection, one request at a time) p50: clinicguard "
+        f"{_ms(diff.unloaded.get('clinicguard'))}, bare {_ms(diff.unloaded.get('bare'))}: "
+        f"{_signed(diff.unloaded_us, 'µs')}"
+    )
+
+
+def _kv_probe(cache: Mapping[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    """The key-value probe a setup left under ``key``, and how to print it."""
+    probe: dict[str, Any] = dict(cache.get(key) or {"error": "not measured"})
     if "error" in probe:
-        kv = f"n/a ({probe['error']})"
-    else:
-        per_command = ", ".join(f"{name} {n:.2f}" for name, n in probe["by_command"].items())
-        kv = f"{probe['commands_per_request']:.2f} ({per_command or 'none'})"
+        return probe, f"n/a ({probe['error']})"
+    per_command = ", ".join(f"{name} {n:.2f}" for name, n in probe["by_command"].items())
+    return probe, f"{probe['commands_per_request']:.2f} ({per_command or 'none'})"
+
+
+def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
+    """What authenticating costs a request: clinicguard's p50 and server CPU per request
+    minus the bare endpoint's (the same SELECT, no authentication), and the key-value
+    commands per request counted by the probe."""
+    diff = _difference(result, cache, _UNLOADED)
+    p50_us, cpu_us = diff.p50_us, diff.cpu_us
+    probe, kv = _kv_probe(cache, _KV_PROBE)
     return Findings(
         values={
             "auth_cost_p50_us": p50_us,
             "auth_cost_cpu_us_per_request": cpu_us,
-            "auth_cost_unloaded_p50_us": unloaded_us,
-            "unloaded_p50_ms": unloaded,
+            "auth_cost_unloaded_p50_us": diff.unloaded_us,
+            "unloaded_p50_ms": diff.unloaded,
             "aim_p50_us": AUTH_COST_AIM_US,
             "kv_commands_per_request": probe.get("commands_per_request"),
             "kv_probe": probe,
@@ -445,9 +484,7 @@ def _auth_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
         lines=[
             f"  authentication per request: p50 {_signed(p50_us, 'µs')} (aim ≤ "
             f"{AUTH_COST_AIM_US} µs), server CPU {_signed(cpu_us, 'µs')} (clinicguard minus bare)",
-            f"  unloaded (one connection, one request at a time) p50: clinicguard "
-            f"{_ms(unloaded.get('clinicguard'))}, bare {_ms(unloaded.get('bare'))}: "
-            f"{_signed(unloaded_us, 'µs')}",
+            _unloaded_line(diff),
             f"  key-value commands per GET /me: {kv} (aim: {KV_ROUND_TRIPS_AIM} round trip)",
         ],
     )
@@ -590,5 +627,127 @@ register(
         ),
         compare=("storm", "quiet"),
         figures=_storm_figures,
+    )
+)
+
+
+# --- clinic data --------------------------------------------------------------------------
+
+_PATIENT_KV_PROBE = "patient-read:kv-probe"
+_PATIENT_UNLOADED = "patient-read:unloaded:"
+CLINICAL_FIELDS = ("allergies", "medications", "medical_conditions")
+"""What the policy shows a physician only on the patient's care team within clinic hours
+(``clinician-clinical-care-team``); any other clinician rule hides them."""
+
+
+@dataclass(frozen=True)
+class PatientRead:
+    """One patient read: the care-team physician of the patient's clinic, and the ids."""
+
+    physician: Mapping[str, Any]
+    clinic_id: str
+    patient_id: str
+
+
+def care_team_reads(ctx: BenchContext) -> list[PatientRead]:
+    """Every demo patient (both clinics), each with their clinic's care-team physician: the
+    demo puts that physician on the care team of every patient of the clinic, and opens
+    the demo clinics 24 hours a day, so the policy allows the full record at any hour."""
+    reads = []
+    for clinic in ctx.demo["clinics"]:
+        physician = next(u for u in clinic["users"] if u["role"] == "physician" and u["care_team"])
+        reads += [PatientRead(physician, clinic["id"], p["id"]) for p in clinic["patients"]]
+    return reads
+
+
+def _patient_path(read: PatientRead) -> str:
+    return f"/api/v1/patients/{read.patient_id}"
+
+
+def _patient(_ctx: BenchContext, reads: list[tuple[PatientRead, str]], i: int) -> HttpRequest:
+    read, token = reads[i % len(reads)]
+    return HttpRequest("GET", _patient_path(read), headers={"Authorization": f"Bearer {token}"})
+
+
+def _bare_patient(ctx: BenchContext, _state: object, i: int) -> HttpRequest:
+    reads = care_team_reads(ctx)
+    read = reads[i % len(reads)]
+    return HttpRequest("GET", f"/patients/{read.clinic_id}/{read.patient_id}")
+
+
+async def _check_full_record(ctx: BenchContext, requests: list[HttpRequest]) -> None:
+    """Every read answers 200 with the clinical fields: the care-team rule allowed it (a
+    demographics-only answer is a 200 too, and would measure another decision)."""
+    async with ctx.client() as http:
+        for request in requests:
+            response = await http.get(request.path, headers=request.all_headers())
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"GET {request.path} answered {response.status_code}: {response.text[:300]}"
+                )
+            missing = [name for name in CLINICAL_FIELDS if name not in response.json()]
+            if missing:
+                raise RuntimeError(
+                    f"GET {request.path} left out {', '.join(missing)}: not allowed as the "
+                    "patient's care team (clinic hours? care team?)"
+                )
+
+
+async def _patient_reads_with_probes(ctx: BenchContext) -> list[tuple[PatientRead, str]]:
+    """The care-team physicians signed in (MFA, once per run) with the patients they read;
+    a check that each read gets the full record; and, before the load, the key-value
+    commands one read costs and its unloaded latency."""
+    reads = [(read, await access_token(ctx, read.physician)) for read in care_team_reads(ctx)]
+    requests = [_patient(ctx, reads, i) for i in range(len(reads))]
+    await _check_full_record(ctx, requests)
+    if _PATIENT_KV_PROBE not in ctx.cache:
+        ctx.cache[_PATIENT_KV_PROBE] = await signins.kv_commands_per_request(
+            ctx.base_url, requests[0].path, requests[0].headers, services.REDIS_URL
+        )
+    await _probe_unloaded(ctx, requests, _PATIENT_UNLOADED)
+    return reads
+
+
+async def _bare_patient_with_probe(ctx: BenchContext) -> None:
+    """Before the load: the bare endpoint's unloaded latency."""
+    requests = [_bare_patient(ctx, None, i) for i in range(len(care_team_reads(ctx)))]
+    await _probe_unloaded(ctx, requests, _PATIENT_UNLOADED)
+
+
+def _patient_read_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
+    """What clinicguard adds to reading one patient row: p50 and server CPU per request
+    minus the bare endpoint's (the same tenant-scoped SELECT, nobody signed in), and the
+    key-value commands one read costs."""
+    diff = _difference(result, cache, _PATIENT_UNLOADED)
+    probe, kv = _kv_probe(cache, _PATIENT_KV_PROBE)
+    return Findings(
+        values={
+            "added_p50_us": diff.p50_us,
+            "added_cpu_us_per_request": diff.cpu_us,
+            "added_unloaded_p50_us": diff.unloaded_us,
+            "unloaded_p50_ms": diff.unloaded,
+            "kv_commands_per_request": probe.get("commands_per_request"),
+            "kv_probe": probe,
+        },
+        lines=[
+            f"  authentication + authorization per read: p50 {_signed(diff.p50_us, 'µs')}, "
+            f"server CPU {_signed(diff.cpu_us, 'µs')} (clinicguard minus bare: pipeline, "
+            "token, policy, the care-team SELECT)",
+            _unloaded_line(diff),
+            f"  key-value commands per GET /patients/{{id}}: {kv}",
+        ],
+    )
+
+
+register(
+    Scenario(
+        name="patient-read",
+        description="GET /api/v1/patients/{id} as the patient's care-team physician "
+        "(session GETEX, tenant-scoped transaction: the patient row, the care-team and "
+        "break-glass facts; policy and shaping) vs the same row's SELECT in a "
+        "tenant-scoped transaction unauthenticated: what reading a patient adds",
+        clinicguard=Endpoint(setup=_patient_reads_with_probes, request=_patient),
+        bare=Endpoint(setup=_bare_patient_with_probe, request=_bare_patient),
+        figures=_patient_read_cost,
     )
 )

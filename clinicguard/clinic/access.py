@@ -13,14 +13,24 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Uuid,
+    and_,
+    bindparam,
+    exists,
+    false,
+    or_,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from clinicguard.authz.interfaces import Condition
-from clinicguard.authz.service import Facts
 from clinicguard.clinic.models import (
     Appointment,
     CareTeamMember,
@@ -30,6 +40,7 @@ from clinicguard.clinic.models import (
     Prescription,
 )
 from clinicguard.core.principal import Principal, Role
+from clinicguard.store.base import UTCDateTime
 from clinicguard.store.tenancy import Clinic
 
 CLINICIANS = frozenset({Role.PHYSICIAN, Role.NURSE})
@@ -92,11 +103,11 @@ def visible_patients(principal: Principal) -> ColumnElement[bool]:
     return condition
 
 
+_Value = InstrumentedAttribute[Any] | BindParameter[Any] | uuid.UUID | datetime
+
+
 def _care_relation(
-    clinic_id: InstrumentedAttribute[uuid.UUID] | uuid.UUID,
-    patient_id: InstrumentedAttribute[uuid.UUID] | uuid.UUID,
-    user_id: uuid.UUID,
-    now: datetime,
+    clinic_id: _Value, patient_id: _Value, user_id: _Value, now: _Value
 ) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """(on the care team or with an appointment, holding an open break-glass grant)."""
     care = or_(
@@ -142,28 +153,47 @@ def visible_clinical(
     return false()
 
 
-async def patient_facts(
+# One patient and the facts about them, in one round trip. The statements are built once
+# (parameters bound at execution), so SQLAlchemy's compiled cache serves every request.
+_USER = bindparam("fact_user", type_=Uuid())
+_NOW = bindparam("fact_now", type_=UTCDateTime())
+_BY_ID = (
+    Patient.clinic_id == bindparam("clinic_id", type_=Uuid()),
+    Patient.id == bindparam("patient_id", type_=Uuid()),
+)
+_CARE, _GRANT = _care_relation(Patient.clinic_id, Patient.id, _USER, _NOW)
+_FOR_CLINICIAN = select(Patient, _CARE.label("care"), _GRANT.label("grant")).where(*_BY_ID)
+_FOR_STAFF = select(Patient).where(*_BY_ID)
+_FOR_PATIENT = select(Patient).where(*_BY_ID, Patient.user_id == _USER)
+
+
+async def load_patient(
     session: AsyncSession,
     principal: Principal,
-    patient: Patient,
+    patient_id: uuid.UUID,
     now: datetime,
     hours: ClinicHoursCache,
-) -> dict[Condition, bool]:
-    """The facts about ``principal`` and this (visible) patient."""
+) -> tuple[Patient, dict[Condition, bool]] | None:
+    """The patient, if this principal may know they exist, and the facts about the
+    principal and them (care team or appointment, open grant, clinic hours, self)."""
+    params = {
+        "clinic_id": principal.clinic_id,
+        "patient_id": patient_id,
+        "fact_user": principal.user_id,
+        "fact_now": now,
+    }
+    clinician = principal.role in CLINICIANS
+    query = _FOR_CLINICIAN if clinician else _FOR_PATIENT if is_patient(principal) else _FOR_STAFF
+    row = (await session.execute(query, params)).first()
+    if row is None:
+        return None
+    patient: Patient = row[0]
     facts: dict[Condition, bool] = {
         Condition.SELF: is_patient(principal) and patient.user_id == principal.user_id,
     }
-    if principal.role in CLINICIANS:
-        care, grant = _care_relation(patient.clinic_id, patient.id, principal.user_id, now)
-        row = (await session.execute(select(care.label("care"), grant.label("grant")))).one()
+    if clinician:
         facts[Condition.CARE_TEAM] = bool(row.care)
         facts[Condition.EMERGENCY_GRANT] = bool(row.grant)
         clinic_hours = await hours.get(session, patient.clinic_id)
         facts[Condition.WITHIN_CLINIC_HOURS] = clinic_hours.open_at(now)
-    return facts
-
-
-def with_facts(facts: Facts, **extra: bool) -> dict[Condition, bool]:
-    merged = dict(facts)
-    merged.update({Condition(name): value for name, value in extra.items()})
-    return merged
+    return patient, facts

@@ -28,7 +28,7 @@ from clinicguard.clinic.access import (
     CLINICIANS,
     ClinicHoursCache,
     is_patient,
-    patient_facts,
+    load_patient,
     visible_clinical,
     visible_patients,
 )
@@ -164,18 +164,12 @@ class ClinicDataService:
 
     async def _patient(
         self, session: AsyncSession, principal: Principal, patient_id: uuid.UUID
-    ) -> Patient:
-        patient = await session.scalar(
-            select(Patient).where(visible_patients(principal), Patient.id == patient_id)
-        )
-        if patient is None:
+    ) -> tuple[Patient, dict[Condition, bool]]:
+        """A patient the principal may know exists (else 404) and the facts about them."""
+        found = await load_patient(session, principal, patient_id, self._clock.now(), self._hours)
+        if found is None:
             raise NotFound()
-        return patient
-
-    async def _facts(
-        self, session: AsyncSession, principal: Principal, patient: Patient
-    ) -> dict[Condition, bool]:
-        return await patient_facts(session, principal, patient, self._clock.now(), self._hours)
+        return found
 
     async def _require_change(
         self,
@@ -225,8 +219,7 @@ class ClinicDataService:
     async def get_patient(self, principal: Principal, patient_id: uuid.UUID) -> dict[str, Any]:
         await self._authz.require_possible(principal, Permission.PATIENTS_READ)
         async with self._tx(principal) as session:
-            patient = await self._patient(session, principal, patient_id)
-            facts = await self._facts(session, principal, patient)
+            patient, facts = await self._patient(session, principal, patient_id)
         decision = await self._authz.require(
             principal, Permission.PATIENTS_READ, facts, target={"patient_id": str(patient_id)}
         )
@@ -254,8 +247,7 @@ class ClinicDataService:
         changes = body.model_dump(exclude_unset=True)
         try:
             async with self._tx(principal) as session:
-                patient = await self._patient(session, principal, patient_id)
-                facts = await self._facts(session, principal, patient)
+                patient, facts = await self._patient(session, principal, patient_id)
                 await self._require_change(
                     principal,
                     Permission.PATIENTS_UPDATE,
@@ -280,8 +272,7 @@ class ClinicDataService:
     ) -> tuple[Patient, Decision]:
         await self._authz.require_possible(principal, permission)
         async with self._tx(principal) as session:
-            patient = await self._patient(session, principal, patient_id)
-            facts = await self._facts(session, principal, patient)
+            patient, facts = await self._patient(session, principal, patient_id)
         decision = await self._authz.require(
             principal, permission, facts, target={"patient_id": str(patient_id)}
         )
@@ -313,8 +304,7 @@ class ClinicDataService:
             )
             if record is None:
                 raise NotFound()
-            patient = await self._patient(session, principal, record.patient_id)
-            facts = await self._facts(session, principal, patient)
+            patient, facts = await self._patient(session, principal, record.patient_id)
         decision = await self._authz.require(
             principal,
             Permission.RECORDS_READ,
@@ -604,8 +594,7 @@ class ClinicDataService:
         self._check_times(body.starts_at, body.ends_at)
         key = f"{principal.clinic_id}:{body.professional_id}"
         async with self._locks.hold(key), self._tx(principal) as session:
-            patient = await self._patient(session, principal, body.patient_id)
-            facts = await self._facts(session, principal, patient)
+            patient, facts = await self._patient(session, principal, body.patient_id)
             decision = await self._authz.require(
                 principal,
                 Permission.APPOINTMENTS_CREATE,
@@ -653,8 +642,7 @@ class ClinicDataService:
             )
             if current is None:
                 raise NotFound()
-            patient = await self._patient(session, principal, current.patient_id)
-            facts = await self._facts(session, principal, patient)
+            patient, facts = await self._patient(session, principal, current.patient_id)
         decision = await self._authz.require(
             principal,
             Permission.APPOINTMENTS_UPDATE,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -50,12 +51,12 @@ def create_engine(
         engine = create_async_engine(url, connect_args={"timeout": 5}, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=5,
-        pool_pre_ping=True,
+        pool_recycle=1800,
         connect_args={
             "timeout": 5,
             "command_timeout": statement_timeout_ms / 1000 + 1,
@@ -67,6 +68,38 @@ def create_engine(
         },
         **kwargs,
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+#: A pooled connection idle longer than this is pinged before use (a database restart or
+#: a dropped connection is then found before the request's transaction, not in it).
+IDLE_PING_SECONDS = 10.0
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Pessimistic disconnect handling for idle connections only: SQLAlchemy's
+    ``pool_pre_ping`` pings on every checkout (three round trips with asyncpg), which on a
+    busy server is most of a short request's database time."""
+    pool_events = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    def checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure: let the pool replace the connection
+            raise DisconnectionError() from exc
+        if not alive:
+            raise DisconnectionError()
+
+    event.listen(pool_events, "checkin", checked_in)
+    event.listen(pool_events, "checkout", checked_out)
 
 
 class Database:
