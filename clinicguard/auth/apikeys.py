@@ -166,9 +166,9 @@ class ApiKeyService:
             await self._db.set_setting(session, PREFIX_SETTING, match.group(1))
             key = await session.scalar(select(ApiKey).where(ApiKey.prefix == match.group(1)))
             if key is not None:
-                await self._db.set_tenant(
-                    session, TenantContext(key.clinic_id, key.id, str(Role.INTEGRATION))
-                )
+                # Marking the key used is maintenance of that one clinic: requests made
+                # with a key cannot change keys (row-level security).
+                await self._db.set_tenant(session, TenantContext.system(key.clinic_id))
             clinic_active = key is not None and bool(
                 await session.scalar(select(Clinic.is_active).where(Clinic.id == key.clinic_id))
             )

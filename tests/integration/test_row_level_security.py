@@ -6,17 +6,32 @@ use; no ORM filter or service rule takes part. What is proven:
 
 - a clinic's transaction sees, updates, deletes and inserts only its own clinic's rows in
   every tenant table, even when a statement names the other clinic explicitly;
-- a transaction with no tenant context sees, and can write, no tenant row at all;
+- a transaction with no tenant context sees, and can write, no tenant row at all; nor does
+  one that names a clinic but no role (or a role outside the allowlist);
+- each role sees, inserts and updates exactly the tables its policies allow: organisation
+  tables (care team, treatments, certifications, memberships) are written by
+  administrators only, patients and appointments by the front desk and clinicians, and
+  patients and compliance officers write nothing; an integration key updates only itself;
+- a break-glass grant is opened only by its own physician or nurse grantee and seen only by
+  them and oversight (administrator, compliance);
+- a clinical record is written only by its author with clinical access (a nurse: nursing
+  notes only), a prescription only by its prescribing physician, never in a colleague's name;
+- clinical records, prescriptions and grants are append-only: no DELETE reaches them;
 - medical records and prescriptions are visible only to the clinical relationships of
   ``cg_clinical_access`` (care team, a non-cancelled appointment, an open break-glass grant,
   the patient themselves; maintenance and compliance), and an unrelated clinician cannot
   write one either;
-- a patient sees only their own patients row and appointments;
+- a patient sees only their own patients row, appointments and membership, and nothing of
+  the care team, grants or treatments;
 - before a clinic is chosen a person sees only their own memberships, and an API-key
   lookup sees only the key whose prefix it names;
 - the catalogue (as the superuser): every tenant table, and every table with a
   ``clinic_id`` column, has row-level security enabled and forced, so a new tenant table
-  without policies fails here.
+  without policies fails here; each has exactly one policy per command (no DELETE policy
+  on the append-only tables).
+
+Rows meant to be append-only (grants, records, prescriptions) change only as maintenance;
+a request made with an API key cannot change any key, its own included.
 """
 
 from __future__ import annotations
@@ -203,6 +218,25 @@ def admin_count(admin: psycopg.Connection[Any], table: str, clinic_id: uuid.UUID
     row = admin.execute(query, (clinic_id,)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def attempt(
+    db: Database,
+    tenant: TenantContext | None,
+    statement: str | TextClause,
+    params: dict[str, Any] | None = None,
+) -> int | None:
+    """Run one statement in its own transaction: how many rows it affected, or None when
+    row-level security refused it (any other error is raised: the row must be valid)."""
+    query = text(statement) if isinstance(statement, str) else statement
+    try:
+        async with db.transaction(tenant) as s:
+            result = await s.execute(query, params or {})
+    except DBAPIError as exc:
+        if RLS_VIOLATION not in str(exc):
+            raise
+        return None
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def seed_clinic(db: Database, shared_user_id: uuid.UUID) -> ClinicRows:
@@ -429,6 +463,23 @@ class ClinicalWorld:
     users: dict[str, uuid.UUID]
     """Seeded people by their relationship to ``patient_id`` (see :func:`seed_clinical`)."""
 
+    def ctx(self, who: str, role: str | None = None) -> TenantContext:
+        """``who``'s transaction in clinic A, with their own role unless ``role`` is given."""
+        return TenantContext(self.clinic_id, self.users[who], role or ROLE_OF[who])
+
+    def row(self, sql: str, **values: Any) -> dict[str, Any]:
+        """Parameters for ``sql``: a new row of clinic A about ``patient_id``; ``values``
+        name people (by their key in :attr:`users`) or give other parameters."""
+        params: dict[str, Any] = {
+            "clinic": self.clinic_id,
+            "id": uuid.uuid4(),
+            "patient": self.patient_id,
+            "other": self.other_patient_id,
+        }
+        for key, value in values.items():
+            params[key] = self.users.get(value, value)
+        return statement_params(sql, params)
+
 
 #: Clinic A's people and their role there. Only ``patient`` is linked to a patients row
 #: (the patient the cases are about); ``other_patient`` is the login of a second patient.
@@ -448,12 +499,15 @@ CLINICAL_STAFF = {
     "clinic_admin": "clinic_admin",
     "compliance_officer": "compliance_officer",
 }
+#: Everyone's role in clinic A: the two patients are members with the patient role.
+ROLE_OF = {**CLINICAL_STAFF, "patient": "patient", "other_patient": "patient"}
 
 
 async def seed_clinical(db: Database) -> ClinicalWorld:
     """Clinic A with a patient, a second patient, one clinical record and one prescription
-    each, and one person per kind of relationship to the first patient. Clinic B has the
-    care-team physician as a member too (to prove their access does not travel)."""
+    each, one person per kind of relationship to the first patient, and a treatment the
+    care-team nurse is certified for. Clinic B has the care-team physician as a member too
+    (to prove their access does not travel)."""
     a, b = f.clinic(), f.clinic()
     users = {name: f.user() for name in [*CLINICAL_STAFF, "patient", "other_patient"]}
     async with db.transaction() as s:
@@ -464,9 +518,10 @@ async def seed_clinical(db: Database) -> ClinicalWorld:
     other = f.patient(a.id, user_id=ids["other_patient"])
     async with db.transaction(TenantContext.system(b.id)) as s:
         s.add(f.membership(b.id, ids["physician_on_care_team"], "physician"))
+    treatment = Treatment(clinic_id=a.id, name="Curativo")
     async with db.transaction(TenantContext.system(a.id)) as s:
-        s.add_all([f.membership(a.id, ids[name], role) for name, role in CLINICAL_STAFF.items()])
-        s.add_all([patient, other])
+        s.add_all([f.membership(a.id, ids[name], role) for name, role in ROLE_OF.items()])
+        s.add_all([patient, other, treatment])
         await s.flush()
 
         def appointment(who: str, patient_id: uuid.UUID, status: str) -> Appointment:
@@ -514,6 +569,11 @@ async def seed_clinical(db: Database) -> ClinicalWorld:
                 grant("physician_with_expired_grant", expires_in=-timedelta(hours=1)),
                 grant("physician_with_revoked_grant", expires_in=timedelta(hours=1), revoked=True),
                 *records.values(),
+                TreatmentCertification(
+                    clinic_id=a.id,
+                    treatment_id=treatment.id,
+                    professional_id=ids["nurse_on_care_team"],
+                ),
             ]
         )
         await s.flush()
@@ -745,6 +805,563 @@ async def test_api_key_lookup_without_a_known_prefix_sees_nothing(
         assert await s.scalar(text("SELECT count(*) FROM api_keys")) == 0
 
 
+# -- what each role may see and write -------------------------------------------------------
+
+#: Append-only tables: no DELETE policy at all, so a DELETE reaches no row, even as system.
+APPEND_ONLY = ("medical_records", "prescriptions", "emergency_grants")
+MUTABLE_TABLES = tuple(t for t in TENANT_TABLES if t not in APPEND_ONLY)
+FRONT_DESK_TABLES = frozenset({"patients", "appointments"})
+ORGANISATION_TABLES = frozenset(
+    {"care_team", "treatments", "treatment_certifications", "clinic_memberships"}
+)
+STAFF_READS = FRONT_DESK_TABLES | ORGANISATION_TABLES
+CLINICAL = frozenset(CLINICAL_TABLES)
+EVERY_TABLE = frozenset(TENANT_TABLES)
+ROLES = (
+    "system",
+    "clinic_admin",
+    "physician",
+    "nurse",
+    "receptionist",
+    "compliance_officer",
+    "integration",
+    "patient",
+)
+
+#: In a seeded clinic (see :func:`role_context` for who acts), the tables each role sees a
+#: row of. The physician is on the care team and holds the grant; the nurse holds nothing.
+READS: dict[str, frozenset[str]] = {
+    "system": EVERY_TABLE,
+    "clinic_admin": STAFF_READS | {"emergency_grants", "api_keys"},
+    "physician": STAFF_READS | {"emergency_grants"} | CLINICAL,
+    "nurse": STAFF_READS,
+    "receptionist": STAFF_READS,
+    "compliance_officer": STAFF_READS | {"emergency_grants"} | CLINICAL,
+    "integration": STAFF_READS | {"api_keys"},
+    "patient": frozenset(),
+}
+#: The tables where each role's INSERT of a valid :data:`INSERT_ROW` row is accepted (the
+#: grant's grantee and the clinical rows' author are the nurse).
+INSERTS: dict[str, frozenset[str]] = {
+    "system": EVERY_TABLE,
+    "clinic_admin": FRONT_DESK_TABLES | ORGANISATION_TABLES | {"api_keys"},
+    "physician": FRONT_DESK_TABLES,
+    # the seeded nurse cares for nobody: she books no appointment
+    "nurse": (FRONT_DESK_TABLES - {"appointments"}) | {"emergency_grants"},
+    "receptionist": FRONT_DESK_TABLES,
+    "compliance_officer": frozenset(),
+    "integration": FRONT_DESK_TABLES,
+    "patient": frozenset(),
+}
+#: The (non-append-only) tables where each role's UPDATE reaches rows; requests made with
+#: an API key change no key.
+UPDATES: dict[str, frozenset[str]] = {
+    "system": frozenset(MUTABLE_TABLES),
+    "clinic_admin": frozenset(MUTABLE_TABLES),
+    "physician": FRONT_DESK_TABLES,
+    "nurse": FRONT_DESK_TABLES - {"appointments"},
+    "receptionist": FRONT_DESK_TABLES,
+    "compliance_officer": frozenset(),
+    "integration": FRONT_DESK_TABLES,
+    "patient": frozenset(),
+}
+
+
+def role_context(rows: ClinicRows, role: str) -> TenantContext:
+    """``role`` in ``rows``' clinic: the seeded physician (care team, grant) and nurse,
+    the clinic's API key for integration, a fresh id for anyone else (the policies know
+    them by role only)."""
+    if role == "system":
+        return TenantContext.system(rows.clinic_id)
+    acting = {"physician": rows.physician_id, "nurse": rows.nurse_id}
+    acting["integration"] = rows.api_key_id
+    return TenantContext(rows.clinic_id, acting.get(role) or uuid.uuid4(), role)
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_each_role_sees_only_its_tables(db: Database, clinics: TwoClinics, role: str) -> None:
+    """Which tenant tables a role sees any row of (patients see none of an unrelated clinic;
+    only administrators and integrations see API keys; clinical rows need the relationship)."""
+    async with db.transaction(role_context(clinics.a, role)) as s:
+        seen = {t for t in TENANT_TABLES if await s.scalar(on(t, "SELECT count(*) FROM {table}"))}
+    assert seen == READS[role]
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_each_role_inserts_only_where_allowed(
+    db: Database, clinics: TwoClinics, admin: psycopg.Connection[Any], role: str
+) -> None:
+    """A valid new row for each table, written by ``role``: refused by the policy unless
+    the role writes that table (organisation tables: administrators only; patients and
+    appointments: the front desk and clinicians; a grant: its own grantee)."""
+    accepted = set()
+    for table in TENANT_TABLES:
+        sql = INSERT_ROW[table]
+        params = statement_params(sql, clinics.a.insert_params())
+        before = admin_count(admin, table, clinics.a.clinic_id)
+        if await attempt(db, role_context(clinics.a, role), sql, params) is not None:
+            accepted.add(table)
+        assert admin_count(admin, table, clinics.a.clinic_id) == before + (table in accepted)
+    assert accepted == INSERTS[role]
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_each_role_updates_only_where_allowed(
+    db: Database, clinics: TwoClinics, role: str
+) -> None:
+    """UPDATE of every row of each mutable table reaches rows only where the role writes."""
+    async with db.transaction(role_context(clinics.a, role)) as s:
+        updated = {
+            t
+            for t in MUTABLE_TABLES
+            if (await s.execute(on(t, "UPDATE {table} SET clinic_id = clinic_id"))).rowcount  # type: ignore[attr-defined]
+        }
+    assert updated == UPDATES[role]
+
+
+@pytest.mark.parametrize(
+    "role", [None, "platform_admin", "Physician"], ids=["no-role", "platform_admin", "wrong-case"]
+)
+async def test_clinic_without_an_allowed_role_sees_and_writes_nothing(
+    db: Database, clinics: TwoClinics, admin: psycopg.Connection[Any], role: str | None
+) -> None:
+    """A transaction naming a clinic but no role (``TenantContext(clinic_id)``), or a role
+    outside the allowlist, sees no row of any tenant table and writes none."""
+    tenant = TenantContext(clinics.a.clinic_id, None, role)
+    before = {t: admin_count(admin, t, clinics.a.clinic_id) for t in TENANT_TABLES}
+    async with db.transaction(tenant) as s:
+        seen = {t: await s.scalar(on(t, "SELECT count(*) FROM {table}")) for t in TENANT_TABLES}
+        changed = {
+            t: (await s.execute(on(t, "UPDATE {table} SET clinic_id = clinic_id"))).rowcount  # type: ignore[attr-defined]
+            + (await s.execute(on(t, "DELETE FROM {table}"))).rowcount  # type: ignore[attr-defined]
+            for t in TENANT_TABLES
+        }
+    assert seen == changed == dict.fromkeys(TENANT_TABLES, 0)
+    for table in TENANT_TABLES:
+        sql = INSERT_ROW[table]
+        params = statement_params(sql, clinics.a.insert_params())
+        assert await attempt(db, tenant, sql, params) is None, table
+    assert {t: admin_count(admin, t, clinics.a.clinic_id) for t in TENANT_TABLES} == before
+
+
+async def test_clinic_id_alone_sees_no_patient(db: Database, clinics: TwoClinics) -> None:
+    """``TenantContext(clinic_id)``, the shape a forgotten role takes, sees 0 patients
+    (the same clinic's maintenance context sees them)."""
+    async with db.transaction(TenantContext(clinics.a.clinic_id)) as s:
+        assert await s.scalar(text("SELECT count(*) FROM patients")) == 0
+    async with db.transaction(TenantContext.system(clinics.a.clinic_id)) as s:
+        assert await s.scalar(text("SELECT count(*) FROM patients")) == 1
+
+
+async def test_requests_made_with_a_key_change_no_key(db: Database, clinics: TwoClinics) -> None:
+    """An integration context sees its clinic's keys but UPDATE reaches none of them, its
+    own included (marking a key used is maintenance); an administrator's reaches every
+    key of the clinic."""
+    a = clinics.a
+    sql = INSERT_ROW["api_keys"]
+    second = statement_params(sql, a.insert_params())
+    assert await attempt(db, role_context(a, "clinic_admin"), sql, second) == 1
+    async with db.transaction(role_context(a, "integration")) as s:
+        seen = set((await s.execute(text("SELECT id FROM api_keys"))).scalars())
+        used = await s.execute(text("UPDATE api_keys SET last_used_at = now() RETURNING id"))
+        touched = set(used.scalars())
+    assert seen == {a.api_key_id, second["id"]}
+    assert touched == set()
+    update_all = "UPDATE api_keys SET last_used_at = now()"
+    assert await attempt(db, role_context(a, "clinic_admin"), update_all) == 2
+    assert await attempt(db, TenantContext.system(a.clinic_id), update_all) == 2
+
+
+async def test_a_clinician_cannot_book_their_way_into_a_patients_records(
+    db: Database, clinical: ClinicalWorld
+) -> None:
+    """An appointment is a care relation, so a clinician books only patients already in
+    their care: the off-team physician's appointment with themselves is refused, the
+    front desk's same row is accepted (and with it come the records)."""
+    sql = INSERT_ROW["appointments"]
+    params = clinical.row(sql, professional="physician_off_team")
+    assert await attempt(db, clinical.ctx("physician_off_team"), sql, params) is None
+    records = text("SELECT patient_id FROM medical_records")
+    async with db.transaction(clinical.ctx("physician_off_team")) as s:
+        assert set((await s.execute(records)).scalars()) == set()
+    assert await attempt(db, clinical.ctx("receptionist"), sql, params) == 1
+    async with db.transaction(clinical.ctx("physician_off_team")) as s:
+        assert set((await s.execute(records)).scalars()) == {clinical.patient_id}
+
+
+# -- care team, break-glass grants and clinical writes: who may write which row --------------
+
+
+async def test_only_an_administrator_changes_the_care_team(
+    db: Database, clinical: ClinicalWorld, admin: psycopg.Connection[Any]
+) -> None:
+    """Nobody but an administrator joins a care team: not the off-team physician adding
+    themselves, not a care-team clinician adding a colleague, not the front desk or the
+    patient. The administrator's same row is accepted, and with it comes clinical access."""
+    sql = INSERT_ROW["care_team"]
+    params = clinical.row(sql, professional="physician_off_team")
+    before = admin_count(admin, "care_team", clinical.clinic_id)
+    for who in (
+        "physician_off_team",
+        "physician_on_care_team",
+        "nurse_on_care_team",
+        "receptionist",
+        "compliance_officer",
+        "patient",
+    ):
+        assert await attempt(db, clinical.ctx(who), sql, params) is None, who
+    assert admin_count(admin, "care_team", clinical.clinic_id) == before
+    records = text("SELECT patient_id FROM medical_records")
+    async with db.transaction(clinical.ctx("physician_off_team")) as s:
+        assert set((await s.execute(records)).scalars()) == set()
+    assert await attempt(db, clinical.ctx("clinic_admin"), sql, params) == 1
+    async with db.transaction(clinical.ctx("physician_off_team")) as s:
+        assert set((await s.execute(records)).scalars()) == {clinical.patient_id}
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        ("physician_on_care_team", 0),
+        ("nurse_on_care_team", 0),
+        ("receptionist", 0),
+        ("compliance_officer", 0),
+        ("patient", 0),
+        ("clinic_admin", 1),
+    ],
+)
+async def test_only_an_administrator_repoints_the_care_team(
+    db: Database, clinical: ClinicalWorld, who: str, expected: int
+) -> None:
+    """UPDATE of the patient's care team (to put oneself on it) and DELETE from it reach no
+    row but for an administrator."""
+    repoint = (
+        "UPDATE care_team SET professional_id = :me"
+        " WHERE patient_id = :patient AND professional_id = :nurse"
+    )
+    params = {
+        "me": clinical.users["physician_off_team"],
+        "patient": clinical.patient_id,
+        "nurse": clinical.users["nurse_on_care_team"],
+    }
+    assert await attempt(db, clinical.ctx(who), repoint, params) == expected
+    if expected == 0:
+        remove = "DELETE FROM care_team WHERE patient_id = :patient"
+        assert await attempt(db, clinical.ctx(who), remove, params) == 0
+
+
+GRANT_OPENINGS = [
+    # (who opens it, for whom, accepted)
+    ("receptionist", "nurse_off_team", False),
+    ("receptionist", "receptionist", False),
+    ("physician_off_team", "nurse_off_team", False),
+    ("nurse_on_care_team", "physician_off_team", False),
+    ("clinic_admin", "physician_off_team", False),
+    ("compliance_officer", "physician_off_team", False),
+    ("patient", "patient", False),
+    ("physician_off_team", "physician_off_team", True),
+    ("nurse_off_team", "nurse_off_team", True),
+]
+
+
+@pytest.mark.parametrize("case", GRANT_OPENINGS, ids=[f"{w}-for-{g}" for w, g, _ in GRANT_OPENINGS])
+async def test_only_the_grantee_opens_an_emergency_grant(
+    db: Database,
+    clinical: ClinicalWorld,
+    admin: psycopg.Connection[Any],
+    case: tuple[str, str, bool],
+) -> None:
+    """A break-glass grant is opened by the physician or nurse it is for, never on someone
+    else's behalf (nor by the front desk, an administrator or the patient). A refused row
+    is valid: maintenance writes it."""
+    who, grantee, accepted = case
+    sql = INSERT_ROW["emergency_grants"]
+    params = clinical.row(sql, professional=grantee)
+    before = admin_count(admin, "emergency_grants", clinical.clinic_id)
+    outcome = await attempt(db, clinical.ctx(who), sql, params)
+    assert outcome == (1 if accepted else None)
+    if not accepted:
+        assert await attempt(db, TenantContext.system(clinical.clinic_id), sql, params) == 1
+    assert admin_count(admin, "emergency_grants", clinical.clinic_id) == before + 1
+
+
+SEEDED_GRANTEES = frozenset(
+    {"physician_with_grant", "physician_with_expired_grant", "physician_with_revoked_grant"}
+)
+GRANT_READERS = [
+    ("physician_with_grant", {"physician_with_grant"}),
+    ("physician_with_expired_grant", {"physician_with_expired_grant"}),
+    ("physician_off_team", set()),
+    ("nurse_on_care_team", set()),
+    ("receptionist", set()),
+    ("patient", set()),
+    ("clinic_admin", SEEDED_GRANTEES),
+    ("compliance_officer", SEEDED_GRANTEES),
+]
+
+
+@pytest.mark.parametrize(("who", "sees"), GRANT_READERS, ids=[w for w, _ in GRANT_READERS])
+async def test_clinicians_see_only_their_own_grants(
+    db: Database, clinical: ClinicalWorld, who: str, sees: set[str]
+) -> None:
+    """A physician or nurse sees only the grants made out to them (open or not); the
+    administrator and compliance see every grant of the clinic; nobody else sees any."""
+    async with db.transaction(clinical.ctx(who)) as s:
+        found = set((await s.execute(text("SELECT grantee_id FROM emergency_grants"))).scalars())
+    assert found == {clinical.users[name] for name in sees}
+
+
+async def test_a_new_grant_is_seen_by_its_grantee_and_oversight_only(
+    db: Database, clinical: ClinicalWorld
+) -> None:
+    """The nurse's own new grant: she sees it alone, the other grantees still only theirs,
+    oversight every one."""
+    sql = INSERT_ROW["emergency_grants"]
+    assert (
+        await attempt(
+            db,
+            clinical.ctx("nurse_off_team"),
+            sql,
+            clinical.row(sql, professional="nurse_off_team"),
+        )
+        == 1
+    )
+    grantees = text("SELECT grantee_id FROM emergency_grants")
+    expected = {
+        "nurse_off_team": {"nurse_off_team"},
+        "physician_with_grant": {"physician_with_grant"},
+        "compliance_officer": {*SEEDED_GRANTEES, "nurse_off_team"},
+        "clinic_admin": {*SEEDED_GRANTEES, "nurse_off_team"},
+    }
+    for who, names in expected.items():
+        async with db.transaction(clinical.ctx(who)) as s:
+            found = set((await s.execute(grantees)).scalars())
+        assert found == {clinical.users[name] for name in names}, who
+
+
+RECORD_OF_KIND = (
+    "INSERT INTO medical_records (clinic_id, id, patient_id, author_id, kind, notes,"
+    " created_at) VALUES (:clinic, :id, :patient, :author, :kind, 'Sem queixas.', now())"
+)
+PRESCRIPTION_BY = INSERT_ROW["prescriptions"].replace(":professional", ":author")
+CLINICAL_WRITES = [
+    # (who writes, what, as whose author/prescriber, kind, accepted)
+    ("patient", RECORD_OF_KIND, "patient", "consultation", False),
+    ("compliance_officer", RECORD_OF_KIND, "compliance_officer", "consultation", False),
+    ("clinic_admin", RECORD_OF_KIND, "clinic_admin", "consultation", False),
+    ("receptionist", RECORD_OF_KIND, "receptionist", "nursing_note", False),
+    ("nurse_on_care_team", RECORD_OF_KIND, "nurse_on_care_team", "consultation", False),
+    ("nurse_on_care_team", RECORD_OF_KIND, "nurse_on_care_team", "nursing_note", True),
+    ("nurse_off_team", RECORD_OF_KIND, "nurse_off_team", "nursing_note", False),
+    ("physician_on_care_team", RECORD_OF_KIND, "physician_with_appointment", "exam", False),
+    ("physician_with_appointment", RECORD_OF_KIND, "physician_with_appointment", "exam", True),
+    ("physician_with_grant", RECORD_OF_KIND, "physician_with_grant", "procedure", True),
+    ("patient", PRESCRIPTION_BY, "patient", None, False),
+    ("compliance_officer", PRESCRIPTION_BY, "compliance_officer", None, False),
+    ("nurse_on_care_team", PRESCRIPTION_BY, "nurse_on_care_team", None, False),
+    ("physician_on_care_team", PRESCRIPTION_BY, "physician_with_appointment", None, False),
+    ("physician_with_grant", PRESCRIPTION_BY, "physician_with_grant", None, True),
+]
+
+
+def _clinical_write_id(case: tuple[str, str, str, str | None, bool]) -> str:
+    who, _, author, kind, _ = case
+    what = kind or "prescription"
+    return f"{who}-{what}" + ("" if author == who else f"-as-{author}")
+
+
+@pytest.mark.parametrize(
+    "case", CLINICAL_WRITES, ids=[_clinical_write_id(c) for c in CLINICAL_WRITES]
+)
+async def test_clinical_rows_are_written_only_by_their_author(
+    db: Database,
+    clinical: ClinicalWorld,
+    admin: psycopg.Connection[Any],
+    case: tuple[str, str, str, str | None, bool],
+) -> None:
+    """A clinical record is written by its own author with clinical access to the patient:
+    a physician of any kind, a nurse a nursing note only; a prescription by its prescribing
+    physician. Patients, compliance, administrators and the front desk write neither, and
+    nobody writes in a colleague's name. A refused row is valid: maintenance writes it."""
+    who, sql, author, kind, accepted = case
+    table = "prescriptions" if sql is PRESCRIPTION_BY else "medical_records"
+    params = clinical.row(sql, author=author, kind=kind)
+    before = admin_count(admin, table, clinical.clinic_id)
+    assert await attempt(db, clinical.ctx(who), sql, params) == (1 if accepted else None)
+    if not accepted:
+        assert await attempt(db, TenantContext.system(clinical.clinic_id), sql, params) == 1
+    assert admin_count(admin, table, clinical.clinic_id) == before + 1
+
+
+# -- patients and compliance only read; append-only rows are never deleted ------------------
+
+
+async def test_patient_sees_nothing_of_the_clinic_organisation(
+    db: Database, clinical: ClinicalWorld
+) -> None:
+    """A patient-role transaction sees no care team, grant, treatment or certification,
+    and of the memberships only their own (compliance, for contrast, sees them all)."""
+    tables = ("care_team", "emergency_grants", "treatments", "treatment_certifications")
+    members = text("SELECT user_id FROM clinic_memberships")
+
+    async def seen(who: str) -> tuple[dict[str, int], set[uuid.UUID]]:
+        async with db.transaction(clinical.ctx(who)) as s:
+            counts = {t: await s.scalar(on(t, "SELECT count(*) FROM {table}")) for t in tables}
+            return counts, set((await s.execute(members)).scalars())
+
+    counts, memberships = await seen("patient")
+    assert counts == dict.fromkeys(tables, 0)
+    assert memberships == {clinical.users["patient"]}
+    counts, memberships = await seen("compliance_officer")
+    assert all(counts.values()), counts
+    assert memberships == set(clinical.users.values())
+
+
+PATIENT_INSERTS = [
+    ("care_team", INSERT_ROW["care_team"], {"professional": "patient"}),
+    ("emergency_grants", INSERT_ROW["emergency_grants"], {"professional": "patient"}),
+    ("appointments", INSERT_ROW["appointments"], {"professional": "physician_on_care_team"}),
+    ("patients", INSERT_ROW["patients"], {}),
+    ("medical_records", RECORD_OF_KIND, {"author": "patient", "kind": "follow_up"}),
+    ("prescriptions", PRESCRIPTION_BY, {"author": "patient"}),
+    ("treatments", INSERT_ROW["treatments"], {"name": "Autoatendimento"}),
+]
+
+
+@pytest.mark.parametrize("case", PATIENT_INSERTS, ids=[t for t, _, _ in PATIENT_INSERTS])
+async def test_patient_context_inserts_nothing(
+    db: Database,
+    clinical: ClinicalWorld,
+    admin: psycopg.Connection[Any],
+    case: tuple[str, str, dict[str, str]],
+) -> None:
+    """A patient cannot join their own care team, open a grant, book an appointment,
+    register a patient, write their own record or prescription: each valid row (accepted
+    from maintenance) is a row-level security violation from the patient."""
+    table, sql, values = case
+    params = clinical.row(sql, cpf=generate_cpf(_cpfs), **values)
+    before = admin_count(admin, table, clinical.clinic_id)
+    assert await attempt(db, clinical.ctx("patient"), sql, params) is None
+    assert admin_count(admin, table, clinical.clinic_id) == before
+    assert await attempt(db, TenantContext.system(clinical.clinic_id), sql, params) == 1
+
+
+@pytest.mark.parametrize("who", ["patient", "compliance_officer"])
+async def test_read_only_roles_change_and_remove_no_row(
+    db: Database, clinical: ClinicalWorld, admin: psycopg.Connection[Any], who: str
+) -> None:
+    """A patient (who sees their own patients row, appointments and clinical rows) and a
+    compliance officer (who sees everything but API keys) UPDATE and DELETE no row of any
+    tenant table."""
+    before = {t: admin_count(admin, t, clinical.clinic_id) for t in TENANT_TABLES}
+    async with db.transaction(clinical.ctx(who)) as s:
+        seen = {t: await s.scalar(on(t, "SELECT count(*) FROM {table}")) for t in TENANT_TABLES}
+        updated = {
+            t: (await s.execute(on(t, "UPDATE {table} SET clinic_id = clinic_id"))).rowcount  # type: ignore[attr-defined]
+            for t in TENANT_TABLES
+        }
+        deleted = {
+            t: (await s.execute(on(t, "DELETE FROM {table}"))).rowcount  # type: ignore[attr-defined]
+            for t in TENANT_TABLES
+        }
+    assert all(seen[t] for t in ("patients", "appointments", *CLINICAL_TABLES)), seen
+    assert updated == deleted == dict.fromkeys(TENANT_TABLES, 0)
+    assert {t: admin_count(admin, t, clinical.clinic_id) for t in TENANT_TABLES} == before
+
+
+@pytest.mark.parametrize("table", APPEND_ONLY)
+async def test_append_only_rows_are_never_deleted(
+    db: Database, clinical: ClinicalWorld, admin: psycopg.Connection[Any], table: str
+) -> None:
+    """No DELETE policy: maintenance, the author or prescriber, the grantee and compliance,
+    all of whom see the rows, delete none of them, even by id."""
+    before = admin_count(admin, table, clinical.clinic_id)
+    delete_all = on(table, "DELETE FROM {table}")
+    delete_by_id = on(table, "DELETE FROM {table} WHERE id IN (SELECT id FROM {table})")
+    owner = "physician_with_grant" if table == "emergency_grants" else "physician_on_care_team"
+    for tenant in (
+        TenantContext.system(clinical.clinic_id),
+        clinical.ctx(owner),
+        clinical.ctx("compliance_officer"),
+    ):
+        async with db.transaction(tenant) as s:
+            assert await s.scalar(on(table, "SELECT count(*) FROM {table}")), tenant
+        assert await attempt(db, tenant, delete_all) == 0, tenant
+        assert await attempt(db, tenant, delete_by_id) == 0, tenant
+    assert admin_count(admin, table, clinical.clinic_id) == before
+
+
+async def test_patients_are_deleted_only_by_their_writers(
+    db: Database, clinical: ClinicalWorld, admin: psycopg.Connection[Any]
+) -> None:
+    """A receptionist deletes a patient with no dependent rows; the patient role (even its
+    own row) and compliance delete none."""
+    sql = INSERT_ROW["patients"]
+    params = clinical.row(sql, cpf=generate_cpf(_cpfs))
+    assert await attempt(db, clinical.ctx("receptionist"), sql, params) == 1
+    before = admin_count(admin, "patients", clinical.clinic_id)
+    delete = "DELETE FROM patients WHERE id = :id"
+    for who, patient_id in (
+        ("patient", clinical.patient_id),
+        ("patient", params["id"]),
+        ("compliance_officer", params["id"]),
+    ):
+        assert await attempt(db, clinical.ctx(who), delete, {"id": patient_id}) == 0, who
+    assert admin_count(admin, "patients", clinical.clinic_id) == before
+    assert await attempt(db, clinical.ctx("receptionist"), delete, {"id": params["id"]}) == 1
+    assert admin_count(admin, "patients", clinical.clinic_id) == before - 1
+
+
+# -- UPDATE of rows meant to be append-only, and of an API key by itself --------------------
+
+GRANT_REWRITES = [
+    ("physician_with_revoked_grant", "UPDATE emergency_grants SET revoked_at = NULL"),
+    (
+        "physician_with_expired_grant",
+        "UPDATE emergency_grants SET expires_at = now() + interval '30 days'",
+    ),
+    ("physician_with_grant", "UPDATE emergency_grants SET patient_id = :other"),
+]
+
+
+@pytest.mark.parametrize(("who", "sql"), GRANT_REWRITES, ids=["unrevoke", "extend", "repoint"])
+async def test_grantee_cannot_rewrite_their_grant(
+    db: Database, clinical: ClinicalWorld, who: str, sql: str
+) -> None:
+    """A grantee can neither revive, extend nor re-point their break-glass grant."""
+    params = clinical.row(sql)
+    assert await attempt(db, clinical.ctx(who), sql, params) in (0, None)
+
+
+CLINICAL_REWRITES = [
+    ("medical_records", "UPDATE medical_records SET notes = 'Reescrito depois.'"),
+    ("prescriptions", "UPDATE prescriptions SET dosage = '10 comprimidos de uma vez'"),
+]
+
+
+@pytest.mark.parametrize(("table", "sql"), CLINICAL_REWRITES, ids=[t for t, _ in CLINICAL_REWRITES])
+async def test_author_cannot_rewrite_clinical_rows(
+    db: Database, clinical: ClinicalWorld, table: str, sql: str
+) -> None:
+    """The care-team physician, author and prescriber of the seeded rows, changes none."""
+    assert await attempt(db, clinical.ctx("physician_on_care_team"), sql) in (0, None), table
+
+
+API_KEY_SELF_CHANGES = [
+    'UPDATE api_keys SET scopes = \'["patients:read", "patients:create"]\' WHERE id = :me',
+    "UPDATE api_keys SET expires_at = NULL WHERE id = :me",
+]
+
+
+@pytest.mark.parametrize("sql", API_KEY_SELF_CHANGES, ids=["scopes", "expiry"])
+async def test_integration_key_cannot_widen_itself(
+    db: Database, clinics: TwoClinics, sql: str
+) -> None:
+    """An integration key changes nothing of itself but its last use."""
+    tenant = role_context(clinics.a, "integration")
+    assert await attempt(db, tenant, sql, {"me": clinics.a.api_key_id}) in (0, None)
+
+
 # -- the catalogue: nothing tenant-owned escapes RLS ----------------------------------------
 
 _RLS_FLAGS = (
@@ -789,3 +1406,25 @@ def test_every_table_with_a_clinic_id_is_under_rls(admin: psycopg.Connection[Any
     )
     assert set(tables) >= set(TENANT_TABLES)
     assert rls_flags(admin, tables) == dict.fromkeys(tables, (True, True))
+
+
+def test_policies_are_one_per_command(admin: psycopg.Connection[Any]) -> None:
+    """pg_policies: each tenant table has exactly its read, insert, update and delete
+    policies (permissive, for every role), and the append-only tables no delete policy: a
+    stray extra permissive policy would widen access and fails here."""
+    found = {
+        (table, name, cmd, permissive, tuple(roles))
+        for table, name, cmd, permissive, roles in admin.execute(
+            "SELECT tablename, policyname, cmd, permissive, roles FROM pg_policies"
+            " WHERE schemaname = 'public' AND tablename = ANY(%s)",
+            (list(TENANT_TABLES),),
+        )
+    }
+    commands = {"read": "SELECT", "insert": "INSERT", "update": "UPDATE", "delete": "DELETE"}
+    expected = {
+        (table, f"{table}_{name}", cmd, "PERMISSIVE", ("public",))
+        for table in TENANT_TABLES
+        for name, cmd in commands.items()
+        if not (name == "delete" and table in APPEND_ONLY)
+    }
+    assert found == expected

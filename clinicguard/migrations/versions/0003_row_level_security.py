@@ -95,6 +95,9 @@ STAFF = _roles(
 #: Who may write a patient's demographics and appointments.
 FRONT_DESK = _roles("system", "clinic_admin", "physician", "nurse", "receptionist", "integration")
 ADMIN = _roles("system", "clinic_admin")
+SCHEDULERS = _roles("system", "clinic_admin", "receptionist", "integration")
+#: Rows the application never changes once written, except maintenance (re-encryption).
+MAINTENANCE_ONLY = "clinic_id = cg_clinic_id() AND cg_role() = 'system'"
 CLINIC = "clinic_id = cg_clinic_id()"
 
 
@@ -120,6 +123,8 @@ class Policy(NamedTuple):
     """Which rows INSERT and UPDATE may leave behind (and DELETE may remove)."""
     deletable: bool = True
     """False: append-only for the application (no DELETE policy: deletes touch no row)."""
+    update: str | None = None
+    """Which rows UPDATE may change and leave behind, when narrower than ``write``."""
 
 
 POLICIES: dict[str, Policy] = {
@@ -127,9 +132,12 @@ POLICIES: dict[str, Policy] = {
         f"{CLINIC} AND ({STAFF} OR (cg_role() = 'patient' AND user_id = cg_user_id()))",
         f"{CLINIC} AND {FRONT_DESK}",
     ),
+    # A clinician books and changes only appointments of patients already in their care
+    # (an appointment is itself a care relation: booking oneself must not open records).
     "appointments": Policy(
         f"{CLINIC} AND ({STAFF} OR (cg_role() = 'patient' AND {_own_patient('appointments')}))",
-        f"{CLINIC} AND {FRONT_DESK}",
+        f"{CLINIC} AND ({SCHEDULERS} OR ({_roles('physician', 'nurse')}"
+        " AND cg_clinical_access(clinic_id, patient_id)))",
     ),
     # Who is on a care team decides clinical access: only administrators change it.
     "care_team": Policy(f"{CLINIC} AND {STAFF}", f"{CLINIC} AND {ADMIN}"),
@@ -142,6 +150,7 @@ POLICIES: dict[str, Policy] = {
         f"{CLINIC} AND (cg_role() = 'system'"
         f" OR ({_roles('physician', 'nurse')} AND grantee_id = cg_user_id()))",
         deletable=False,
+        update=MAINTENANCE_ONLY,
     ),
     "medical_records": Policy(
         "cg_clinical_access(clinic_id, patient_id)",
@@ -149,22 +158,25 @@ POLICIES: dict[str, Policy] = {
             "author_id", "(cg_role() = 'physician' OR (cg_role() = 'nurse' AND kind = 'nursing_note'))"
         ),
         deletable=False,
+        update=MAINTENANCE_ONLY,
     ),
     "prescriptions": Policy(
         "cg_clinical_access(clinic_id, patient_id)",
         _clinical_write("prescriber_id", "cg_role() = 'physician'"),
         deletable=False,
+        update=MAINTENANCE_ONLY,
     ),
     # Sign-in reads a person's own memberships before any clinic is chosen.
     "clinic_memberships": Policy(
         f"({CLINIC} AND {STAFF}) OR user_id = cg_user_id()", f"{CLINIC} AND {ADMIN}"
     ),
     # An API key is found by its public prefix before its clinic is known (the lookup names
-    # that one prefix for its transaction); a key marks only itself as used.
+    # that one prefix for its transaction). Requests made with a key cannot change keys
+    # (their scopes or expiry); marking a key used is maintenance.
     "api_keys": Policy(
         f"({CLINIC} AND {_roles('system', 'clinic_admin', 'integration')})"
         " OR prefix = NULLIF(current_setting('app.api_key_prefix', true), '')",
-        f"{CLINIC} AND ({ADMIN} OR (cg_role() = 'integration' AND id = cg_user_id()))",
+        f"{CLINIC} AND {ADMIN}",
     ),
 }
 
@@ -174,9 +186,10 @@ def _create_policies(table: str, policy: Policy) -> None:
     op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
     op.execute(f"CREATE POLICY {table}_read ON {table} FOR SELECT USING ({policy.read})")
     op.execute(f"CREATE POLICY {table}_insert ON {table} FOR INSERT WITH CHECK ({policy.write})")
+    update = policy.update or policy.write
     op.execute(
         f"CREATE POLICY {table}_update ON {table} FOR UPDATE"
-        f" USING (({policy.read}) AND ({policy.write})) WITH CHECK ({policy.write})"
+        f" USING (({policy.read}) AND ({update})) WITH CHECK ({update})"
     )
     if policy.deletable:
         op.execute(

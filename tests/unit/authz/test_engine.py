@@ -75,6 +75,11 @@ INTENT = [
     ("integration", "records:read", {"care_team": True, "within_clinic_hours": True}, False),
     ("integration", "patients:update", {"basic_info_only": True}, True),
     ("receptionist", "appointments:update", {}, True),
+    # an appointment is a care relation: clinicians book only patients already in their care
+    ("physician", "appointments:create", {}, False),
+    ("physician", "appointments:create", {"care_team": True}, True),
+    ("nurse", "appointments:update", {"emergency_grant": True}, True),
+    ("nurse", "appointments:read", {}, True),
     ("receptionist", "records:read", {"care_team": True, "within_clinic_hours": True}, False),
     ("receptionist", "patients:update", {}, False),
     ("receptionist", "patients:update", {"basic_info_only": True}, True),
