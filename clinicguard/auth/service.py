@@ -810,13 +810,14 @@ class AuthService:
         identity = await self._identity(email=email)
         if identity is None:
             raise NotFound("No such user.")
-        return await self.end_sessions_of(identity.user.id, identity.clinic_id, "operator_revoked")
+        return await self.end_sessions_of(identity.user.id, None, "operator_revoked")
 
     async def end_sessions_of(
         self, user_id: uuid.UUID, clinic_id: uuid.UUID | None, reason: str
     ) -> int:
-        """End every session of a user (their access changed: role, membership, account)."""
-        ended = await self._sessions.revoke_all(user_id)
+        """End a user's sessions (their access changed: role, membership, account): those
+        active in ``clinic_id`` only, or every one when it is None."""
+        ended = await self._sessions.revoke_all(user_id, clinic_id=clinic_id)
         await self._event(
             E.AUTH_SESSION_REVOKED,
             Outcome.SUCCESS,

@@ -220,10 +220,17 @@ class SessionStore:
         await self._kv.set_remove(_index_key(session.u), session.sid.encode())
 
     async def revoke_all(
-        self, user_id: uuid.UUID, *, except_sid: str | None = None
+        self,
+        user_id: uuid.UUID,
+        *,
+        except_sid: str | None = None,
+        clinic_id: uuid.UUID | None = None,
     ) -> builtins.list[str]:
+        """End the user's sessions (only those active in ``clinic_id`` when given)."""
         ended = []
         for session in await self.list(user_id):
+            if clinic_id is not None and session.c != str(clinic_id):
+                continue
             if session.sid != except_sid:
                 await self.revoke(session)
                 ended.append(session.sid)

@@ -27,14 +27,20 @@ def encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    invalid = ValidationFailed(
+        errors=[FieldError("query.cursor", "Not a cursor this server issued.")]
+    )
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         moment, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return datetime.fromisoformat(moment), uuid.UUID(row_id)
+        if not isinstance(moment, str) or not isinstance(row_id, str):
+            raise invalid
+        when = datetime.fromisoformat(moment)
+        if when.tzinfo is None:
+            raise invalid
+        return when, uuid.UUID(row_id)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ValidationFailed(
-            errors=[FieldError("query.cursor", "Not a cursor this server issued.")]
-        ) from exc
+        raise invalid from exc
 
 
 def page_query(

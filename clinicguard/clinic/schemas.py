@@ -16,7 +16,14 @@ from typing import Annotated, Generic, Literal, TypeVar
 import nh3
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from clinicguard.clinic.cpf import is_valid_cpf, normalize_cpf
 from clinicguard.core.schemas import PlainText, StrictModel
@@ -107,13 +114,17 @@ class PatientUpdate(StrictModel):
     medications: LongText | None = None
     medical_conditions: LongText | None = None
 
+    @field_validator("full_name", "cpf")
+    @classmethod
+    def _required_not_null(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("Cannot be removed.")
+        return value
+
     @model_validator(mode="after")
-    def _something_and_required_not_null(self) -> PatientUpdate:
+    def _something(self) -> PatientUpdate:
         if not self.model_fields_set:
             raise ValueError("Nothing to change.")
-        for required in ("full_name", "cpf"):
-            if required in self.model_fields_set and getattr(self, required) is None:
-                raise ValueError(f"{required} cannot be removed.")
         return self
 
 

@@ -9,14 +9,12 @@ of the request, and shapes the answer by the decision's obligations.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -129,23 +127,6 @@ def appointment_values(row: Appointment) -> dict[str, Any]:
     )
 
 
-class KeyedLocks:
-    """One asyncio lock per key (this process); PostgreSQL advisory locks cover the others."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._locks.pop(key, None)
-
-
 class ClinicDataService:
     def __init__(
         self, db: Database, authorizer: Authorizer, clock: Clock, events: SecurityEventSink
@@ -155,7 +136,6 @@ class ClinicDataService:
         self._clock = clock
         self._events = events
         self._hours = ClinicHoursCache()
-        self._locks = KeyedLocks()
 
     # --- shared steps ---------------------------------------------------------------------
 
@@ -227,7 +207,7 @@ class ClinicDataService:
 
     async def create_patient(self, principal: Principal, body: s.PatientCreate) -> dict[str, Any]:
         given = {k for k in body.model_fields_set if getattr(body, k) is not None}
-        decision = await self._require_change(
+        await self._require_change(
             principal, Permission.PATIENTS_CREATE, {}, given, {"action": "create"}
         )
         patient = Patient(clinic_id=principal.clinic_id, id=uuid.uuid4(), **body.model_dump())
@@ -238,7 +218,7 @@ class ClinicDataService:
                 session.add(patient)
         except IntegrityError as exc:
             raise Conflict("A patient with this CPF already exists in this clinic.") from exc
-        return shape(patient_values(patient), decision)
+        return self._as_read(principal, patient, {})
 
     async def update_patient(
         self, principal: Principal, patient_id: uuid.UUID, body: s.PatientUpdate
@@ -261,7 +241,11 @@ class ClinicDataService:
                 await session.flush()
         except IntegrityError as exc:
             raise Conflict("A patient with this CPF already exists in this clinic.") from exc
-        # The answer is shaped as a read of the patient would be.
+        return self._as_read(principal, patient, facts)
+
+    def _as_read(self, principal: Principal, patient: Patient, facts: Facts) -> dict[str, Any]:
+        """A written patient answered as a read of it would be (the write's own decision
+        carries no read obligations)."""
         read = self._authz.decide(principal, Permission.PATIENTS_READ, facts)
         return shape(patient_values(patient), read) if read.allowed else {"id": patient.id}
 
@@ -509,17 +493,6 @@ class ClinicDataService:
         if errors:
             raise ValidationFailed(errors=errors)
 
-    async def _lock_professional(
-        self, session: AsyncSession, clinic_id: uuid.UUID | None, professional_id: uuid.UUID
-    ) -> None:
-        """Serialize bookings of one professional across processes (PostgreSQL); callers
-        hold the in-process lock of the same key."""
-        if self._db.dialect == "postgresql":
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                {"key": f"appointments:{clinic_id}:{professional_id}"},
-            )
-
     async def _check_overlap(
         self,
         session: AsyncSession,
@@ -592,8 +565,8 @@ class ClinicDataService:
     ) -> dict[str, Any]:
         await self._authz.require_possible(principal, Permission.APPOINTMENTS_CREATE)
         self._check_times(body.starts_at, body.ends_at)
-        key = f"{principal.clinic_id}:{body.professional_id}"
-        async with self._locks.hold(key), self._tx(principal) as session:
+        key = f"appointments:{principal.clinic_id}:{body.professional_id}"
+        async with self._db.serialized(key, tenant_of(principal)) as session:
             patient, facts = await self._patient(session, principal, body.patient_id)
             decision = await self._authz.require(
                 principal,
@@ -608,7 +581,6 @@ class ClinicDataService:
                 treatment_id=body.treatment_id,
                 starts_at=body.starts_at,
             )
-            await self._lock_professional(session, principal.clinic_id, body.professional_id)
             await self._check_overlap(
                 session,
                 clinic_id=principal.clinic_id,
@@ -656,15 +628,14 @@ class ClinicDataService:
         moved = "starts_at" in changes or "ends_at" in changes
         if moved:
             self._check_times(starts_at, ends_at)
-        key = f"{principal.clinic_id}:{current.professional_id}"
-        async with self._locks.hold(key), self._tx(principal) as session:
+        key = f"appointments:{principal.clinic_id}:{current.professional_id}"
+        async with self._db.serialized(key, tenant_of(principal)) as session:
             row = await session.get(Appointment, (principal.clinic_id, appointment_id))
             if row is None:
                 raise NotFound()
             if row.updated_at != current.updated_at:
                 raise Conflict("The appointment changed meanwhile; read it again.")
             if moved and changes.get("status", row.status) not in FINAL_STATUSES:
-                await self._lock_professional(session, principal.clinic_id, row.professional_id)
                 await self._check_overlap(
                     session,
                     clinic_id=principal.clinic_id,

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from clinicguard.auth.interfaces import PasswordHashing
 from clinicguard.auth.models import ClinicMembership, User
@@ -35,6 +36,10 @@ from clinicguard.store.interfaces import tenant_of
 from clinicguard.store.tenancy import Clinic
 
 _STAFF = tuple(str(r) for r in STAFF_ROLES)
+
+
+def _staff_key(principal: Principal) -> str:
+    return f"staff:{principal.clinic_id}"
 
 
 def staff_values(user: User, membership: ClinicMembership) -> dict[str, Any]:
@@ -87,10 +92,30 @@ class StaffService:
 
     async def create(self, principal: Principal, body: s.StaffCreate) -> dict[str, Any]:
         await self._authz.require(principal, Permission.USERS_MANAGE, target={"action": "create"})
-        now = self._clock.now()
         # Hashed before the transaction: argon2 must not hold a connection.
         unusable = await self._passwords.hash(generate_password(32))
-        async with self._db.transaction(tenant_of(principal)) as session:
+        try:
+            user, membership, created, clinic_name = await self._add_member(
+                principal, body, unusable
+            )
+        except IntegrityError as exc:  # the same person added at the same moment
+            raise Conflict("This person is already a member of the clinic.") from exc
+        await self._record(
+            SecurityEventType.ADMIN_USER_CREATED,
+            principal,
+            {"target_user_id": str(user.id), "role": body.role, "new_account": created},
+        )
+        if created:
+            await self._auth.send_password_setup(user.id, clinic_name or "")
+        else:
+            await self._auth.notify_membership(user.id, clinic_name or "", body.role)
+        return staff_values(user, membership)
+
+    async def _add_member(
+        self, principal: Principal, body: s.StaffCreate, unusable: str
+    ) -> tuple[User, ClinicMembership, bool, str | None]:
+        now = self._clock.now()
+        async with self._db.serialized(_staff_key(principal), tenant_of(principal)) as session:
             clinic_name = await session.scalar(
                 select(Clinic.name).where(Clinic.id == principal.clinic_id)
             )
@@ -121,16 +146,7 @@ class StaffService:
                 updated_at=now,
             )
             session.add(membership)
-        await self._record(
-            SecurityEventType.ADMIN_USER_CREATED,
-            principal,
-            {"target_user_id": str(user.id), "role": body.role, "new_account": created},
-        )
-        if created:
-            await self._auth.send_password_setup(user.id, clinic_name or "")
-        else:
-            await self._auth.notify_membership(user.id, clinic_name or "", body.role)
-        return staff_values(user, membership)
+        return user, membership, created, clinic_name
 
     async def update(
         self, principal: Principal, user_id: uuid.UUID, body: s.StaffUpdate
@@ -139,7 +155,9 @@ class StaffService:
             principal, Permission.USERS_MANAGE, target={"target_user_id": str(user_id)}
         )
         changes = body.model_dump(exclude_unset=True)
-        async with self._db.transaction(tenant_of(principal)) as session:
+        # Serialized per clinic: two administrators demoting each other at once must not
+        # both pass the "one administrator stays" check.
+        async with self._db.serialized(_staff_key(principal), tenant_of(principal)) as session:
             membership = await session.get(ClinicMembership, (principal.clinic_id, user_id))
             if membership is None or membership.role not in _STAFF:
                 raise NotFound()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,7 +35,13 @@ def _is_connectivity_error(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite's own lower() folds only A-Z; PostgreSQL's folds every letter ("JOÃO").
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -102,6 +109,29 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
     event.listen(pool_events, "checkout", checked_out)
 
 
+class KeyedLocks:
+    """One asyncio lock per key, in this process (dropped when nobody holds or waits)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
 class Database:
     """The application's database handle. Services open transactions through
     :meth:`transaction`, which scopes them to a tenant and fails closed."""
@@ -109,6 +139,7 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self._key_locks = KeyedLocks()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
@@ -137,6 +168,19 @@ class Database:
             if _is_connectivity_error(exc):
                 raise DatabaseUnavailable() from exc
             raise
+
+    @asynccontextmanager
+    async def serialized(
+        self, key: str, tenant: TenantContext | None = None
+    ) -> AsyncIterator[AsyncSession]:
+        """A transaction that runs alone among the transactions of the same ``key`` (a
+        check-then-write such as "no overlapping appointment" or "one administrator
+        stays"): an in-process lock, and on PostgreSQL a transaction-scoped advisory lock
+        that serializes the other processes too."""
+        async with self._key_locks.hold(key), self.transaction(tenant) as session:
+            if self.dialect == "postgresql":
+                await session.execute(_ADVISORY_LOCK, {"key": key})
+            yield session
 
     async def set_tenant(self, session: AsyncSession, tenant: TenantContext) -> None:
         """Scope the rest of an open transaction to ``tenant`` (sign-in learns who is

@@ -566,8 +566,14 @@ class Matrix:
         self.patients[pid] = plain
         if actor.site is not None:
             self.patient_clinic[pid] = actor.site.clinic.clinic_id
-        if ok:
-            self.check_fields(label, response.json(), exp.granted, plain, PATIENT_FIELDS)
+        if not ok:
+            return
+        # Answered as a read of the new patient would be (the patient's facts are empty).
+        read = decide(actor, Permission.PATIENTS_READ, {})
+        if read.allowed:
+            self.check_fields(label, response.json(), read, plain, PATIENT_FIELDS)
+        elif response.json() != {"id": pid}:
+            self.fail(label, f"a caller who may not read must get only the id: {response.text}")
 
     async def update_patient(self, actor: Actor, target: Target, name: str) -> None:
         value = self._next_phone() if name == "phone" else f"Látex ({self._serial_number()})"
