@@ -88,6 +88,7 @@ def create_app(
     app.include_router(auth_api.router)
     app.include_router(auth_api.wellknown)
     app.include_router(clinic_api.router)
+    app.include_router(clinic_api.security)
 
     if not settings.is_production:
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import ssl
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,6 +16,14 @@ import typer
 import uvicorn
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 from uvicorn.supervisors import Multiprocess
 
 from clinicguard.auth.mfa import TotpSeeds
@@ -22,8 +32,23 @@ from clinicguard.authz.engine import PolicyEngine
 from clinicguard.authz.interfaces import Condition, PolicyContext, PolicyError
 from clinicguard.authz.matrix import permission_matrix
 from clinicguard.clinic.demo import DemoRefused, database_is_empty, seed_demo
-from clinicguard.core.errors import ConfigurationError, ProblemError
+from clinicguard.clinic.maintenance import (
+    clinic_ids,
+    reencrypt,
+    row_count,
+    shred_patient,
+    version_counts,
+)
+from clinicguard.core.errors import (
+    ConfigurationError,
+    FieldError,
+    NotFound,
+    ProblemError,
+    ValidationFailed,
+)
 from clinicguard.core.events import Outcome, SecurityEvent, SecurityEventType, Severity
+from clinicguard.crypto.keyring import FIELD, INDEX
+from clinicguard.crypto.keys import create_key_provider
 from clinicguard.preflight import preflight
 from clinicguard.settings import Settings, load_settings
 from clinicguard.store.db import Database
@@ -37,7 +62,9 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="The demo data set (development and test only).", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
-keys_app = typer.Typer(help="Keys: token signing keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Keys: data keys (field encryption) and token signing keys.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -147,8 +174,11 @@ def migrate() -> None:
     settings = _settings()
     try:
         key = settings.master_key_bytes() if settings.master_key.get_secret_value() else None
-        upgrade_to_head(settings.migration_database_url, settings.database_url, key)
-    except (ValueError, RuntimeError) as exc:
+        provider = (
+            create_key_provider(settings.key_provider, key, settings.kek_file) if key else None
+        )
+        upgrade_to_head(settings.migration_database_url, settings.database_url, key, provider)
+    except (ValueError, RuntimeError, ConfigurationError) as exc:
         out.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     out.print("database schema is up to date")
@@ -163,6 +193,7 @@ async def _seed(settings: Settings, if_empty: bool) -> dict[str, Any] | None:
             services.db,
             services.passwords,
             TotpSeeds(settings.master_key_bytes()),
+            services.fields,
             production=settings.is_production,
         )
     finally:
@@ -238,6 +269,173 @@ def demo_seed(
     _write_private(out_file, creds)
     clinics = ", ".join(c["name"] for c in creds["clinics"])
     out.print(f"demo clinics created ({clinics}); credentials written to [bold]{out_file}[/bold]")
+
+
+ClinicOption = Annotated[
+    str | None, typer.Option("--clinic", help="One clinic's id (default: every clinic).")
+]
+
+
+def _clinics(services: Services, clinic: str | None) -> Awaitable[list[uuid.UUID]]:
+    async def pick() -> list[uuid.UUID]:
+        every = await clinic_ids(services.db)
+        if clinic is None:
+            return every
+        try:
+            wanted = uuid.UUID(clinic)
+        except ValueError as exc:
+            raise ValidationFailed(errors=[FieldError("--clinic", "Not a clinic id.")]) from exc
+        if wanted not in every:
+            raise NotFound("No such clinic.")
+        return [wanted]
+
+    return pick()
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    clinic: ClinicOption = None,
+    index: Annotated[
+        bool, typer.Option("--index", help="Rotate the blind-index keys instead.")
+    ] = False,
+) -> None:
+    """A new data key version, active for writes at once; `keys reencrypt` then moves the
+    stored values (or, with --index, the blind indexes) onto it."""
+    purpose = INDEX if index else FIELD
+
+    async def rotate(services: Services) -> list[tuple[uuid.UUID, int]]:
+        done = []
+        for clinic_id in await _clinics(services, clinic):
+            version = await services.fields.ring.rotate(clinic_id, purpose)
+            await services.events.record(
+                SecurityEvent(
+                    type=SecurityEventType.CRYPTO_KEY_ROTATED,
+                    outcome=Outcome.SUCCESS,
+                    severity=Severity.MEDIUM,
+                    clinic_id=clinic_id,
+                    details={"purpose": purpose, "version": version, "by": "operator"},
+                )
+            )
+            done.append((clinic_id, version))
+        return done
+
+    for clinic_id, version in _run_with_services(rotate):
+        out.print(f"clinic {clinic_id}: {purpose} key v{version} is active")
+    out.print("run `clinicguard keys reencrypt` to move stored values onto the new keys")
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(
+    clinic: ClinicOption = None,
+    batch: Annotated[int, typer.Option(min=1, max=5000, help="Rows per transaction.")] = 200,
+) -> None:
+    """Re-encrypt every value not under its target key (resumable: run it again after an
+    interruption; finished rows are skipped, none is sealed twice)."""
+
+    async def run(services: Services) -> Any:
+        clinics = await _clinics(services, clinic)
+        total = sum([await row_count(services.db, c) for c in clinics])
+        with Progress(
+            TextColumn("re-encrypting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} rows/s"),
+            TimeElapsedColumn(),
+            console=out,
+        ) as bar:
+            task = bar.add_task("rows", total=total, rate="0")
+            started = time.monotonic()
+            seen = 0
+
+            def advance(rows: int) -> None:
+                nonlocal seen
+                seen += rows
+                rate = seen / max(time.monotonic() - started, 1e-6)
+                bar.update(task, advance=rows, rate=f"{rate:,.0f}")
+
+            report = await reencrypt(
+                services.db, services.fields, batch=batch, progress=advance, clinics=clinics
+            )
+        elapsed = time.monotonic() - started
+        return report, elapsed
+
+    report, elapsed = _run_with_services(run)
+    rate = report.examined / elapsed if elapsed else 0.0
+    out.print(
+        f"examined {report.examined} rows in {elapsed:.1f} s ({rate:,.0f} rows/s); "
+        f"re-encrypted {report.rewritten}, skipped {report.skipped_changed} changed meanwhile "
+        f"(run again for those); patient keys rewrapped: {report.subject_keys_rewrapped}"
+    )
+
+
+@keys_app.command("status")
+def keys_status(clinic: ClinicOption = None) -> None:
+    """Data key versions per clinic, rows under each, and keys due for rotation."""
+
+    async def run(services: Services) -> Any:
+        clinics = await _clinics(services, clinic)
+        keys = await services.fields.ring.status(clinics)
+        counts = {c: await version_counts(services.db, c) for c in clinics}
+        return keys, counts
+
+    keys, counts = _run_with_services(run)
+    table = Table("clinic", "purpose", "version", "KEK", "created", "encryptions", "state")
+    for k in keys:
+        state = ("active" if k.active else "retired") + (", DUE for rotation" if k.due else "")
+        table.add_row(
+            str(k.clinic_id),
+            k.purpose,
+            str(k.version),
+            k.kek_id,
+            f"{k.created_at:%Y-%m-%d}",
+            f"{k.encryptions:,}",
+            state,
+        )
+    out.print(table)
+    rows = Table("clinic", "table", "column", "key", "rows")
+    for clinic_id, per in counts.items():
+        for (tbl, column, key), n in sorted(per.items()):
+            rows.add_row(str(clinic_id), tbl, column, key, f"{n:,}")
+    out.print(rows)
+    if any(k.due for k in keys):
+        raise typer.Exit(1)
+
+
+@keys_app.command("rewrap")
+def keys_rewrap() -> None:
+    """After a new active KEK (key file or KMS): rewrap every data key under it. No stored
+    value is re-encrypted."""
+
+    async def run(services: Services) -> int:
+        return await services.fields.ring.rewrap(await clinic_ids(services.db))
+
+    out.print(f"data keys rewrapped under the active KEK: {_run_with_services(run)}")
+
+
+@keys_app.command("shred-patient")
+def keys_shred_patient(
+    clinic: Annotated[str, typer.Option("--clinic", help="The patient's clinic id.")],
+    patient: Annotated[str, typer.Option("--patient", help="The patient's id.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: this cannot be undone.")] = False,
+) -> None:
+    """Crypto-shred one patient: destroy their own key, so their clinical content cannot
+    be read again — here or in any copy of the database. Cannot be undone."""
+    if not yes:
+        out.print("[red]this destroys the patient's clinical content for good: add --yes[/red]")
+        raise typer.Exit(2)
+    try:
+        clinic_id, patient_id = uuid.UUID(clinic), uuid.UUID(patient)
+    except ValueError as exc:
+        out.print("[red]--clinic and --patient take ids (UUIDs)[/red]")
+        raise typer.Exit(2) from exc
+
+    async def run(services: Services) -> bool:
+        return await shred_patient(services.fields, services.events, clinic_id, patient_id)
+
+    if not _run_with_services(run):
+        out.print("[red]no key for that patient (never written, or already shredded)[/red]")
+        raise typer.Exit(1)
+    out.print(f"patient {patient_id}: key destroyed; their clinical content is unrecoverable")
 
 
 @keys_app.command("rotate-signing")

@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     Generated under data_dir outside production when unset."""
     master_key: SecretStr = SecretStr("")
     """Key-encryption key, base64 of 32 bytes. Generated under data_dir outside production."""
+    key_provider: Literal["master", "file"] = "master"
+    """Where the KEK that wraps the data keys comes from: derived from the master key, or
+    named keys in ``kek_file`` (which can be rotated: ``clinicguard keys rewrap``)."""
+    kek_file: Path | None = None
+    key_vault_url: str = ""
+    """The patients' own keys (crypto-shredding): a database apart from the clinical one,
+    so its backups are not the clinical backups. Defaults to SQLite under data_dir."""
+    data_key_rotation_days: int = Field(default=90, ge=1, le=3650)
+    max_encryptions_per_key: int = Field(default=2**30, ge=1000, le=2**32)
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_allow_credentials: bool = False
@@ -207,6 +216,10 @@ class Settings(BaseSettings):
             )
         if not self.migration_database_url:
             object.__setattr__(self, "migration_database_url", self.database_url)
+        if not self.key_vault_url:
+            object.__setattr__(
+                self, "key_vault_url", f"sqlite+aiosqlite:///{data_dir / 'keyvault.db'}"
+            )
         return self
 
     @property
@@ -229,6 +242,20 @@ class Settings(BaseSettings):
         return key
 
 
+def _key_vault_problems(settings: Settings) -> list[str]:
+    if settings.key_vault_url.startswith("sqlite"):
+        return [
+            "CLINICGUARD_KEY_VAULT_URL must name a database of its own (not SQLite) for the "
+            "patients' keys"
+        ]
+    if settings.key_vault_url == settings.database_url:
+        return [
+            "CLINICGUARD_KEY_VAULT_URL is the clinical database: crypto-shredding would not "
+            "hold against its backups"
+        ]
+    return []
+
+
 def production_problems(settings: Settings) -> list[str]:
     """Every reason the settings are unfit for production (empty outside production)."""
     if not settings.is_production:
@@ -246,6 +273,7 @@ def production_problems(settings: Settings) -> list[str]:
             settings.master_key_bytes()
         except ValueError as exc:
             problems.append(str(exc))
+    problems.extend(_key_vault_problems(settings))
     if settings.debug:
         problems.append("CLINICGUARD_DEBUG is on")
     if settings.is_sqlite:

@@ -30,7 +30,11 @@ from clinicguard.clinic.service import ClinicDataService
 from clinicguard.clinic.staff import StaffService
 from clinicguard.core.clock import Clock, SystemClock
 from clinicguard.core.events import SecurityEventSink
+from clinicguard.crypto.keyring import DataKeyRing
+from clinicguard.crypto.keys import create_key_provider
 from clinicguard.crypto.secretbox import Hasher
+from clinicguard.crypto.service import FieldEncryption
+from clinicguard.crypto.vault import SubjectKeyVault
 from clinicguard.ratelimit.interfaces import RateLimiter
 from clinicguard.ratelimit.service import create_rate_limiter
 from clinicguard.settings import Settings
@@ -58,6 +62,8 @@ class Services:
     """The authorization policy, loaded (and checked) at start: a malformed policy stops
     the process instead of surfacing on the first request."""
     authorizer: Authorizer
+    fields: FieldEncryption
+    """Field encryption: the data-key ring, the patients' key vault, blind indexes."""
     clinic: ClinicDataService
     staff: StaffService
 
@@ -67,6 +73,8 @@ class Services:
             self.mail.start()
 
     async def close(self) -> None:
+        await self.fields.ring.flush()
+        await self.fields.vault.dispose()
         if isinstance(self.mail, QueuedMailSender):
             await self.mail.stop()
         if isinstance(self.breach, RangeApiBreachedPasswordChecker):
@@ -205,6 +213,15 @@ def build_services(
     )
     policy = PolicyEngine.load()
     authorizer = Authorizer(policy, events)
+    data_keys = DataKeyRing(
+        db,
+        create_key_provider(settings.key_provider, master_key, settings.kek_file),
+        clock,
+        rotation_days=settings.data_key_rotation_days,
+        max_encryptions=settings.max_encryptions_per_key,
+    )
+    vault = SubjectKeyVault(Database.from_url(settings.key_vault_url), data_keys, clock)
+    fields = FieldEncryption(data_keys, vault, events)
     return Services(
         settings=settings,
         db=db,
@@ -221,7 +238,8 @@ def build_services(
         breach=breach,
         policy=policy,
         authorizer=authorizer,
-        clinic=ClinicDataService(db, authorizer, clock, events),
+        fields=fields,
+        clinic=ClinicDataService(db, authorizer, clock, events, fields),
         staff=StaffService(
             db=db,
             authorizer=authorizer,

@@ -13,12 +13,15 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import AwareDatetime
 
 from clinicguard.auth.deps import CurrentPrincipal, FullPerson
+from clinicguard.authz.interfaces import Permission
+from clinicguard.authz.service import Authorizer
 from clinicguard.clinic import schemas as s
 from clinicguard.clinic.paging import DEFAULT_LIMIT, MAX_LIMIT
 from clinicguard.clinic.service import ClinicDataService
 from clinicguard.clinic.staff import StaffService
 from clinicguard.core.errors import FieldError, ValidationFailed
 from clinicguard.core.schemas import PlainText
+from clinicguard.crypto.service import FieldEncryption
 
 router = APIRouter(prefix="/api/v1", tags=["clinic data"])
 _ERRORS: dict[int | str, dict[str, str]] = {
@@ -326,3 +329,31 @@ async def update_staff(
 ) -> dict[str, Any]:
     """Change a member's role or (de)activate them; their sessions end at once."""
     return await staff.update(principal, user_id, body)
+
+
+# --- security operations ------------------------------------------------------------------
+
+security = APIRouter(prefix="/api/v1/security", tags=["security operations"])
+
+
+async def get_authorizer(request: Request) -> Authorizer:
+    authorizer: Authorizer = request.app.state.services.authorizer
+    return authorizer
+
+
+async def get_fields(request: Request) -> FieldEncryption:
+    fields: FieldEncryption = request.app.state.services.fields
+    return fields
+
+
+@security.post("/encryption/test", response_model=s.EncryptionTestOut, responses=_ERRORS)
+async def encryption_test(
+    principal: FullPerson,
+    authorizer: Annotated[Authorizer, Depends(get_authorizer)],
+    fields: Annotated[FieldEncryption, Depends(get_fields)],
+    body: s.EncryptionTestIn,
+) -> dict[str, Any]:
+    """Encrypt and decrypt ``data`` in memory with the active key (the clinic's field key;
+    the KEK for platform administrators). The data is never stored or logged."""
+    await authorizer.require(principal, Permission.ENCRYPTION_TEST)
+    return {"ok": True, "key_id": await fields.self_test(principal.clinic_id, body.data)}

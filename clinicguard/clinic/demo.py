@@ -31,8 +31,10 @@ from clinicguard.clinic.models import (
     Treatment,
     TreatmentCertification,
 )
+from clinicguard.clinic.protection import seal_into
 from clinicguard.core.ids import new_id
 from clinicguard.core.principal import Role
+from clinicguard.crypto.service import FieldEncryption
 from clinicguard.store.db import Database
 from clinicguard.store.interfaces import TenantContext
 
@@ -141,12 +143,15 @@ def _email_local(full_name: str) -> str:
 class _Seeder:
     def __init__(
         self,
+        *,
         db: Database,
         session: AsyncSession,
         hasher: PasswordHashing,
         seeds: TotpSeeds,
+        fields: FieldEncryption,
         now: datetime,
     ) -> None:
+        self.fields = fields
         self.db = db
         self.session = session
         self.hasher = hasher
@@ -201,6 +206,7 @@ class _Seeder:
         await self.session.flush()
         # Row-level security: this clinic's rows are written in this clinic's scope.
         await self.db.set_tenant(self.session, TenantContext.system(clinic.id))
+        await self.fields.ring.create_initial(self.session, clinic.id)
         users_out: list[dict[str, Any]] = []
         care_team: list[User] = []
         physician_on_care: User | None = None
@@ -265,20 +271,28 @@ class _Seeder:
                 id=new_id(),
                 clinic_id=clinic.id,
                 full_name=full_name,
-                cpf=cpf,
                 birth_date=date(
                     self.rng.randrange(1950, 2004),
                     self.rng.randrange(1, 13),
                     self.rng.randrange(1, 29),
                 ),
-                phone=self.phone(spec.area_code),
-                email=f"{_email_local(full_name)}{self.rng.randrange(10, 99)}@email.example.com",
-                address=f"{self.rng.choice(spec.streets)}, {self.rng.randrange(10, 2000)},"
-                f" {spec.city} - {spec.state}",
-                allergies=self.rng.choice(_ALLERGIES),
-                medications=self.rng.choice(_MEDICATIONS),
-                medical_conditions=self.rng.choice(_CONDITIONS),
                 user_id=patient_user.id if patient_user else None,
+            )
+            await seal_into(
+                self.fields,
+                "patients",
+                patient,
+                {
+                    "cpf": cpf,
+                    "phone": self.phone(spec.area_code),
+                    "email": f"{_email_local(full_name)}{self.rng.randrange(10, 99)}"
+                    "@email.example.com",
+                    "address": f"{self.rng.choice(spec.streets)}, {self.rng.randrange(10, 2000)},"
+                    f" {spec.city} - {spec.state}",
+                    "allergies": self.rng.choice(_ALLERGIES),
+                    "medications": self.rng.choice(_MEDICATIONS),
+                    "medical_conditions": self.rng.choice(_CONDITIONS),
+                },
             )
             self.session.add(patient)
             await self.session.flush()
@@ -321,57 +335,75 @@ class _Seeder:
         )
         treatment = treatments[0]
         for starts, status in ((past, "completed"), (future, "scheduled")):
-            self.session.add(
-                Appointment(
-                    id=new_id(),
-                    clinic_id=clinic_id,
-                    patient_id=patient.id,
-                    professional_id=physician.id,
-                    treatment_id=treatment.id,
-                    starts_at=starts,
-                    ends_at=starts + timedelta(minutes=treatment.duration_minutes),
-                    status=status,
-                    reason="Retorno" if status == "scheduled" else "Primeira consulta",
-                )
+            appointment = Appointment(
+                id=new_id(),
+                clinic_id=clinic_id,
+                patient_id=patient.id,
+                professional_id=physician.id,
+                treatment_id=treatment.id,
+                starts_at=starts,
+                ends_at=starts + timedelta(minutes=treatment.duration_minutes),
+                status=status,
             )
+            reason = "Retorno" if status == "scheduled" else "Primeira consulta"
+            await seal_into(self.fields, "appointments", appointment, {"reason": reason})
+            self.session.add(appointment)
         record = MedicalRecord(
             id=new_id(),
             clinic_id=clinic_id,
             patient_id=patient.id,
             author_id=physician.id,
             kind="consultation",
-            diagnosis=diagnosis,
-            notes=f"Paciente relata queixas compatíveis com {diagnosis.split(' (')[0].lower()}.",
-            treatment="Tratamento tópico e retorno em 30 dias.",
             created_at=past,
         )
+        await seal_into(
+            self.fields,
+            "medical_records",
+            record,
+            {
+                "diagnosis": diagnosis,
+                "notes": f"Paciente relata queixas compatíveis com "
+                f"{diagnosis.split(' (')[0].lower()}.",
+                "treatment": "Tratamento tópico e retorno em 30 dias.",
+            },
+        )
         self.session.add(record)
-        self.session.add(
-            MedicalRecord(
-                id=new_id(),
-                clinic_id=clinic_id,
-                patient_id=patient.id,
-                author_id=nurse.id,
-                kind="nursing_note",
-                notes="Sinais vitais aferidos; PA 120/80 mmHg.",
-                created_at=past + timedelta(minutes=10),
-            )
+        note = MedicalRecord(
+            id=new_id(),
+            clinic_id=clinic_id,
+            patient_id=patient.id,
+            author_id=nurse.id,
+            kind="nursing_note",
+            created_at=past + timedelta(minutes=10),
         )
+        await seal_into(
+            self.fields,
+            "medical_records",
+            note,
+            {"notes": "Sinais vitais aferidos; PA 120/80 mmHg."},
+        )
+        self.session.add(note)
         await self.session.flush()
-        self.session.add(
-            Prescription(
-                id=new_id(),
-                clinic_id=clinic_id,
-                patient_id=patient.id,
-                prescriber_id=physician.id,
-                record_id=record.id,
-                medication="Cetoconazol 2% creme",
-                dosage="Aplicar 2x ao dia",
-                instructions="Por 14 dias",
-                issued_at=past,
-                valid_until=(past + timedelta(days=30)).date(),
-            )
+        prescription = Prescription(
+            id=new_id(),
+            clinic_id=clinic_id,
+            patient_id=patient.id,
+            prescriber_id=physician.id,
+            record_id=record.id,
+            issued_at=past,
+            valid_until=(past + timedelta(days=30)).date(),
         )
+        await seal_into(
+            self.fields,
+            "prescriptions",
+            prescription,
+            {
+                "medication": "Cetoconazol 2% creme",
+                "dosage": "Aplicar 2x ao dia",
+                "instructions": "Por 14 dias",
+            },
+        )
+        self.session.add(prescription)
 
 
 async def database_is_empty(db: Database) -> bool:
@@ -393,6 +425,7 @@ async def seed_demo(
     db: Database,
     hasher: PasswordHashing,
     seeds: TotpSeeds,
+    fields: FieldEncryption,
     *,
     production: bool,
     now: datetime | None = None,
@@ -407,7 +440,7 @@ async def seed_demo(
         raise DemoRefused("the database already holds data; the demo seeds only an empty one")
     now = now or datetime.now(UTC)
     async with db.transaction() as session:
-        seeder = _Seeder(db, session, hasher, seeds, now)
+        seeder = _Seeder(db=db, session=session, hasher=hasher, seeds=seeds, fields=fields, now=now)
         _admin, admin_creds = await seeder.user(
             "plataforma.admin@clinicguard.example.com",
             "Administração da Plataforma",

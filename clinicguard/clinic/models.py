@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     Boolean,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -30,6 +32,7 @@ from clinicguard.store.base import Base, TenantOwned, Timestamps
 from clinicguard.store.tenancy import MINUTES_PER_DAY, Clinic
 
 __all__ = [
+    "ENCRYPTED",
     "MINUTES_PER_DAY",
     "Appointment",
     "CareTeamMember",
@@ -38,9 +41,44 @@ __all__ = [
     "MedicalRecord",
     "Patient",
     "Prescription",
+    "Sensitivity",
     "Treatment",
     "TreatmentCertification",
 ]
+
+
+class Sensitivity(StrEnum):
+    """Our specification's classification of personal data."""
+
+    SENSITIVE = "sensitive"
+    """Under the clinic's field key: identifiers, contact data, health summaries."""
+    HIGHLY_SENSITIVE = "highly_sensitive"
+    """Under the patient's own key (crypto-shredding reaches it): clinical content."""
+
+
+#: Every encrypted column, by table; a column listed here is stored only as ciphertext
+#: (crypto.fields format), bound to clinic, table, column and row id.
+ENCRYPTED: dict[str, dict[str, Sensitivity]] = {
+    "patients": dict.fromkeys(
+        (
+            "cpf",
+            "phone",
+            "email",
+            "address",
+            "allergies",
+            "medications",
+            "medical_conditions",
+        ),
+        Sensitivity.SENSITIVE,
+    ),
+    "appointments": {"reason": Sensitivity.SENSITIVE},
+    "medical_records": dict.fromkeys(
+        ("diagnosis", "notes", "treatment"), Sensitivity.HIGHLY_SENSITIVE
+    ),
+    "prescriptions": dict.fromkeys(
+        ("medication", "dosage", "instructions"), Sensitivity.HIGHLY_SENSITIVE
+    ),
+}
 
 
 def _patient_fk() -> ForeignKeyConstraint:
@@ -63,22 +101,26 @@ class Patient(TenantOwned, Timestamps, Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     full_name: Mapped[str] = mapped_column(String(200))
-    cpf: Mapped[str] = mapped_column(String(11))
+    cpf: Mapped[bytes] = mapped_column(LargeBinary)
+    cpf_index: Mapped[str] = mapped_column(String(48))
+    """Blind index of the CPF digits (exact-match search and uniqueness per clinic)."""
     birth_date: Mapped[date | None] = mapped_column(Date, default=None)
-    phone: Mapped[str | None] = mapped_column(String(32), default=None)
-    email: Mapped[str | None] = mapped_column(String(254), default=None)
-    address: Mapped[str | None] = mapped_column(Text, default=None)
-    allergies: Mapped[str | None] = mapped_column(Text, default=None)
-    medications: Mapped[str | None] = mapped_column(Text, default=None)
-    medical_conditions: Mapped[str | None] = mapped_column(Text, default=None)
+    phone: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    email: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    email_index: Mapped[str | None] = mapped_column(String(48), default=None)
+    address: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    allergies: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    medications: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    medical_conditions: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     user_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )
     """The patient's own login, when they have one."""
 
     __table_args__ = (
-        UniqueConstraint("clinic_id", "cpf"),
+        UniqueConstraint("clinic_id", "cpf_index"),
         Index("ix_patients_clinic_id_user_id", "clinic_id", "user_id"),
+        Index("ix_patients_clinic_id_email_index", "clinic_id", "email_index"),
     )
 
 
@@ -146,7 +188,7 @@ class Appointment(TenantOwned, Timestamps, Base):
     starts_at: Mapped[datetime] = mapped_column()
     ends_at: Mapped[datetime] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="scheduled")
-    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    reason: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     created_by: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )
@@ -182,9 +224,9 @@ class MedicalRecord(TenantOwned, Base):
     patient_id: Mapped[uuid.UUID] = mapped_column()
     author_id: Mapped[uuid.UUID] = mapped_column()
     kind: Mapped[str] = mapped_column(String(32))
-    diagnosis: Mapped[str | None] = mapped_column(Text, default=None)
-    notes: Mapped[str | None] = mapped_column(Text, default=None)
-    treatment: Mapped[str | None] = mapped_column(Text, default=None)
+    diagnosis: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    notes: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    treatment: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
@@ -209,9 +251,9 @@ class Prescription(TenantOwned, Base):
     patient_id: Mapped[uuid.UUID] = mapped_column()
     prescriber_id: Mapped[uuid.UUID] = mapped_column()
     record_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
-    medication: Mapped[str] = mapped_column(Text)
-    dosage: Mapped[str] = mapped_column(Text)
-    instructions: Mapped[str | None] = mapped_column(Text, default=None)
+    medication: Mapped[bytes] = mapped_column(LargeBinary)
+    dosage: Mapped[bytes] = mapped_column(LargeBinary)
+    instructions: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     status: Mapped[str] = mapped_column(String(16), default="active")
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
     valid_until: Mapped[date | None] = mapped_column(Date, default=None)

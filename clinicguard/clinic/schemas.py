@@ -309,3 +309,12 @@ class StaffOut(BaseModel):
     professional_license: str | None = None
     last_login_at: datetime | None = None
     created_at: datetime
+
+
+class EncryptionTestIn(StrictModel):
+    data: Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+class EncryptionTestOut(BaseModel):
+    ok: bool
+    key_id: str

@@ -41,6 +41,7 @@ from clinicguard.clinic.models import (
     TreatmentCertification,
 )
 from clinicguard.clinic.paging import page_query, split_page
+from clinicguard.clinic.protection import open_from, seal_into
 from clinicguard.core.clock import Clock
 from clinicguard.core.errors import Conflict, FieldError, NotFound, ValidationFailed
 from clinicguard.core.events import (
@@ -51,6 +52,7 @@ from clinicguard.core.events import (
     Severity,
 )
 from clinicguard.core.principal import Principal
+from clinicguard.crypto.service import FieldEncryption
 from clinicguard.store.db import Database
 from clinicguard.store.interfaces import tenant_of
 
@@ -71,66 +73,65 @@ PATIENT_FIELDS = (
 )
 
 
+PATIENT_OUT = ("id", *PATIENT_FIELDS, "created_at", "updated_at")
+RECORD_OUT = (
+    "id",
+    "patient_id",
+    "author_id",
+    "kind",
+    "diagnosis",
+    "notes",
+    "treatment",
+    "created_at",
+)
+PRESCRIPTION_OUT = (
+    "id",
+    "patient_id",
+    "prescriber_id",
+    "record_id",
+    "medication",
+    "dosage",
+    "instructions",
+    "status",
+    "issued_at",
+    "valid_until",
+)
+APPOINTMENT_OUT = (
+    "id",
+    "patient_id",
+    "professional_id",
+    "treatment_id",
+    "starts_at",
+    "ends_at",
+    "status",
+    "reason",
+    "created_at",
+    "updated_at",
+)
+
+
 def _columns(row: Any, names: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(row, name) for name in names}
 
 
-def patient_values(patient: Patient) -> dict[str, Any]:
-    return {
-        "id": patient.id,
-        **_columns(patient, PATIENT_FIELDS),
-        "created_at": patient.created_at,
-        "updated_at": patient.updated_at,
-    }
-
-
-def record_values(record: MedicalRecord) -> dict[str, Any]:
-    return _columns(
-        record,
-        ("id", "patient_id", "author_id", "kind", "diagnosis", "notes", "treatment", "created_at"),
-    )
-
-
-def prescription_values(row: Prescription) -> dict[str, Any]:
-    return _columns(
-        row,
-        (
-            "id",
-            "patient_id",
-            "prescriber_id",
-            "record_id",
-            "medication",
-            "dosage",
-            "instructions",
-            "status",
-            "issued_at",
-            "valid_until",
-        ),
-    )
-
-
-def appointment_values(row: Appointment) -> dict[str, Any]:
-    return _columns(
-        row,
-        (
-            "id",
-            "patient_id",
-            "professional_id",
-            "treatment_id",
-            "starts_at",
-            "ends_at",
-            "status",
-            "reason",
-            "created_at",
-            "updated_at",
-        ),
-    )
+def _clinic(principal: Principal) -> uuid.UUID:
+    """The principal's clinic (every clinic-data permission needs one; the policy has
+    already refused a principal without)."""
+    if principal.clinic_id is None:
+        raise NotFound()
+    return principal.clinic_id
 
 
 class ClinicDataService:
     def __init__(
-        self, db: Database, authorizer: Authorizer, clock: Clock, events: SecurityEventSink
+        self,
+        db: Database,
+        authorizer: Authorizer,
+        clock: Clock,
+        events: SecurityEventSink,
+        fields: FieldEncryption,
     ) -> None:
+        self._fields = fields
         self._db = db
         self._authz = authorizer
         self._clock = clock
@@ -141,6 +142,17 @@ class ClinicDataService:
 
     def _tx(self, principal: Principal) -> Any:
         return self._db.transaction(tenant_of(principal))
+
+    async def _reveal(
+        self, table: str, row: Any, names: Sequence[str], decision: Decision
+    ) -> dict[str, Any]:
+        """The answer for one row: hidden fields are neither decrypted nor returned, the
+        others are decrypted in their place and then masked by the obligations."""
+        shown = [n for n in names if n not in decision.obligations.hide]
+        return shape(await open_from(self._fields, table, row, shown), decision)
+
+    async def _seal(self, table: str, row: Any, values: Mapping[str, Any]) -> None:
+        await seal_into(self._fields, table, row, values)
 
     async def _patient(
         self, session: AsyncSession, principal: Principal, patient_id: uuid.UUID
@@ -186,7 +198,10 @@ class ClinicDataService:
         decision = await self._authz.require(principal, Permission.PATIENTS_LIST)
         query = select(Patient).where(visible_patients(principal))
         if cpf is not None:
-            query = query.where(Patient.cpf == normalize_cpf(cpf))
+            indexes = await self._fields.blind_indexes(
+                _clinic(principal), "cpf", normalize_cpf(cpf)
+            )
+            query = query.where(Patient.cpf_index.in_(indexes))
         if q is not None:
             escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(func.lower(Patient.full_name).like(f"%{escaped}%", escape="\\"))
@@ -194,7 +209,9 @@ class ClinicDataService:
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
         items, next_cursor = split_page(rows, limit, ("created_at", "id"))
-        return [shape(patient_values(p), decision) for p in items], next_cursor
+        return [
+            await self._reveal("patients", p, PATIENT_OUT, decision) for p in items
+        ], next_cursor
 
     async def get_patient(self, principal: Principal, patient_id: uuid.UUID) -> dict[str, Any]:
         await self._authz.require_possible(principal, Permission.PATIENTS_READ)
@@ -203,22 +220,25 @@ class ClinicDataService:
         decision = await self._authz.require(
             principal, Permission.PATIENTS_READ, facts, target={"patient_id": str(patient_id)}
         )
-        return shape(patient_values(patient), decision)
+        return await self._reveal("patients", patient, PATIENT_OUT, decision)
 
     async def create_patient(self, principal: Principal, body: s.PatientCreate) -> dict[str, Any]:
         given = {k for k in body.model_fields_set if getattr(body, k) is not None}
         await self._require_change(
             principal, Permission.PATIENTS_CREATE, {}, given, {"action": "create"}
         )
-        patient = Patient(clinic_id=principal.clinic_id, id=uuid.uuid4(), **body.model_dump())
         now = self._clock.now()
-        patient.created_at = patient.updated_at = now
+        patient = Patient(
+            clinic_id=_clinic(principal), id=uuid.uuid4(), created_at=now, updated_at=now
+        )
+        values = body.model_dump()
+        await self._seal("patients", patient, values)
         try:
             async with self._tx(principal) as session:
                 session.add(patient)
         except IntegrityError as exc:
             raise Conflict("A patient with this CPF already exists in this clinic.") from exc
-        return self._as_read(principal, patient, {})
+        return await self._as_read(principal, patient, {})
 
     async def update_patient(
         self, principal: Principal, patient_id: uuid.UUID, body: s.PatientUpdate
@@ -235,19 +255,22 @@ class ClinicDataService:
                     set(changes),
                     {"patient_id": str(patient_id)},
                 )
-                for name, value in changes.items():
-                    setattr(patient, name, value)
+                await self._seal("patients", patient, changes)
                 patient.updated_at = self._clock.now()
                 await session.flush()
         except IntegrityError as exc:
             raise Conflict("A patient with this CPF already exists in this clinic.") from exc
-        return self._as_read(principal, patient, facts)
+        return await self._as_read(principal, patient, facts)
 
-    def _as_read(self, principal: Principal, patient: Patient, facts: Facts) -> dict[str, Any]:
+    async def _as_read(
+        self, principal: Principal, patient: Patient, facts: Facts
+    ) -> dict[str, Any]:
         """A written patient answered as a read of it would be (the write's own decision
         carries no read obligations)."""
         read = self._authz.decide(principal, Permission.PATIENTS_READ, facts)
-        return shape(patient_values(patient), read) if read.allowed else {"id": patient.id}
+        if not read.allowed:
+            return {"id": patient.id}
+        return await self._reveal("patients", patient, PATIENT_OUT, read)
 
     # --- clinical records -----------------------------------------------------------------
 
@@ -275,7 +298,9 @@ class ClinicDataService:
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
         items, next_cursor = split_page(rows, limit, ("created_at", "id"))
-        return [shape(record_values(r), decision) for r in items], next_cursor
+        return [
+            await self._reveal("medical_records", r, RECORD_OUT, decision) for r in items
+        ], next_cursor
 
     async def get_record(self, principal: Principal, record_id: uuid.UUID) -> dict[str, Any]:
         await self._authz.require_possible(principal, Permission.RECORDS_READ)
@@ -295,7 +320,7 @@ class ClinicDataService:
             facts,
             target={"patient_id": str(patient.id), "record_id": str(record_id)},
         )
-        return shape(record_values(record), decision)
+        return await self._reveal("medical_records", record, RECORD_OUT, decision)
 
     async def create_record(
         self, principal: Principal, patient_id: uuid.UUID, body: s.RecordCreate
@@ -305,18 +330,18 @@ class ClinicDataService:
             if body.kind == "nursing_note"
             else Permission.RECORDS_CREATE
         )
-        await self._clinical_patient(principal, patient_id, permission)
+        _, decision = await self._clinical_patient(principal, patient_id, permission)
         record = MedicalRecord(
-            clinic_id=principal.clinic_id,
+            clinic_id=_clinic(principal),
             id=uuid.uuid4(),
             patient_id=patient_id,
             author_id=principal.user_id,
             created_at=self._clock.now(),
-            **body.model_dump(),
         )
+        await self._seal("medical_records", record, body.model_dump())
         async with self._tx(principal) as session:
             session.add(record)
-        return record_values(record)
+        return await self._reveal("medical_records", record, RECORD_OUT, decision)
 
     async def list_prescriptions(
         self, principal: Principal, patient_id: uuid.UUID, limit: int, cursor: str | None
@@ -333,23 +358,31 @@ class ClinicDataService:
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
         items, next_cursor = split_page(rows, limit, ("issued_at", "id"))
-        return [shape(prescription_values(r), decision) for r in items], next_cursor
+        return [
+            await self._reveal("prescriptions", r, PRESCRIPTION_OUT, decision) for r in items
+        ], next_cursor
 
     async def create_prescription(
         self, principal: Principal, patient_id: uuid.UUID, body: s.PrescriptionCreate
     ) -> dict[str, Any]:
-        await self._clinical_patient(principal, patient_id, Permission.PRESCRIPTIONS_CREATE)
+        _, decision = await self._clinical_patient(
+            principal, patient_id, Permission.PRESCRIPTIONS_CREATE
+        )
         now = self._clock.now()
         if body.valid_until is not None and body.valid_until < now.date():
             raise ValidationFailed(errors=[FieldError("body.valid_until", "Must not be past.")])
         row = Prescription(
-            clinic_id=principal.clinic_id,
+            clinic_id=_clinic(principal),
             id=uuid.uuid4(),
             patient_id=patient_id,
             prescriber_id=principal.user_id,
             issued_at=now,
             status="active",
-            **body.model_dump(),
+            record_id=body.record_id,
+            valid_until=body.valid_until,
+        )
+        await self._seal(
+            "prescriptions", row, body.model_dump(include={"medication", "dosage", "instructions"})
         )
         async with self._tx(principal) as session:
             if body.record_id is not None:
@@ -365,7 +398,7 @@ class ClinicDataService:
                         errors=[FieldError("body.record_id", "Not a record of this patient.")]
                     )
             session.add(row)
-        return prescription_values(row)
+        return await self._reveal("prescriptions", row, PRESCRIPTION_OUT, decision)
 
     # --- break-glass ----------------------------------------------------------------------
 
@@ -480,7 +513,9 @@ class ClinicDataService:
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
         items, next_cursor = split_page(rows, limit, ("starts_at", "id"))
-        return [shape(appointment_values(a), decision) for a in items], next_cursor
+        return [
+            await self._reveal("appointments", a, APPOINTMENT_OUT, decision) for a in items
+        ], next_cursor
 
     def _check_times(self, starts_at: datetime, ends_at: datetime) -> None:
         errors = []
@@ -590,16 +625,16 @@ class ClinicDataService:
             )
             now = self._clock.now()
             row = Appointment(
-                clinic_id=principal.clinic_id,
+                clinic_id=_clinic(principal),
                 id=uuid.uuid4(),
                 status="scheduled",
                 created_by=principal.user_id if principal.auth_method != "api_key" else None,
                 created_at=now,
                 updated_at=now,
-                **body.model_dump(),
             )
+            await self._seal("appointments", row, body.model_dump())
             session.add(row)
-        return shape(appointment_values(row), decision)
+        return await self._reveal("appointments", row, APPOINTMENT_OUT, decision)
 
     async def update_appointment(
         self, principal: Principal, appointment_id: uuid.UUID, body: s.AppointmentUpdate
@@ -644,10 +679,9 @@ class ClinicDataService:
                     ends_at=ends_at,
                     exclude=row.id,
                 )
-            for name, value in changes.items():
-                setattr(row, name, value)
+            await self._seal("appointments", row, changes)
             row.updated_at = self._clock.now()
-        return shape(appointment_values(row), decision)
+        return await self._reveal("appointments", row, APPOINTMENT_OUT, decision)
 
     # --- treatments -----------------------------------------------------------------------
 

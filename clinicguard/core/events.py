@@ -49,8 +49,14 @@ class SecurityEventType(StrEnum):
     AUTHZ_EMERGENCY_GRANTED = "authz:emergency:granted"
     AUTHZ_EMERGENCY_ACCESS = "authz:emergency:access"
     """An access allowed only by a break-glass grant (every one is reviewed)."""
+    CRYPTO_DECRYPT_FAILED = "crypto:decrypt:failed"
+    CRYPTO_KEY_ROTATED = "crypto:key:rotated"
+    CRYPTO_KEY_SHREDDED = "crypto:key:shredded"
     ADMIN_USER_CREATED = "admin:user:created"
     ADMIN_USER_UPDATED = "admin:user:updated"
+    INPUT_ATTACK_SUSPECTED = "input:attack:suspected"
+    """A request whose input matched the SQL-injection / XSS / traversal detectors: a signal
+    for detection, recorded after the answer; the request itself was not changed."""
 
 
 class Severity(StrEnum):

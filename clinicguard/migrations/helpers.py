@@ -9,9 +9,12 @@ needs, table by table.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from alembic import context, op
 from sqlalchemy import text
+
+from clinicguard.crypto.keys import MasterKeyProvider
 
 READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -27,6 +30,19 @@ def master_key() -> bytes | None:
     """The master key, for data migrations that must encrypt (None when not given)."""
     key = context.config.attributes.get("master_key")
     return bytes(key) if key else None
+
+
+def key_provider() -> Any:
+    """The KEK provider for data migrations that create data keys: the one the operator
+    configured (given by ``clinicguard migrate``), or the master key's; None without
+    either."""
+    provider = context.config.attributes.get("key_provider")
+    if provider is not None:
+        return provider
+    key = master_key()
+    if key is None:
+        return None
+    return MasterKeyProvider(key)
 
 
 def _quote(identifier: str) -> str:

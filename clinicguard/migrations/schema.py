@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import clinicguard.audit.models
 import clinicguard.auth.models
-import clinicguard.clinic.models  # noqa: F401  (registers the tables)
+import clinicguard.clinic.models
+import clinicguard.crypto.models  # noqa: F401  (registers the tables)
 from clinicguard.store.base import Base
 
 metadata = Base.metadata

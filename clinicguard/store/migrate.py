@@ -12,7 +12,10 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def alembic_config(
-    migration_url: str, app_url: str | None = None, master_key: bytes | None = None
+    migration_url: str,
+    app_url: str | None = None,
+    master_key: bytes | None = None,
+    key_provider: object | None = None,
 ) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -28,14 +31,18 @@ def alembic_config(
     # Grants go to the application's role when it is not the owner itself.
     cfg.attributes["app_role"] = app_user if app_user and app_user != owner else None
     cfg.attributes["master_key"] = master_key
+    cfg.attributes["key_provider"] = key_provider
     return cfg
 
 
 def upgrade_to_head(
-    migration_url: str, app_url: str | None = None, master_key: bytes | None = None
+    migration_url: str,
+    app_url: str | None = None,
+    master_key: bytes | None = None,
+    key_provider: object | None = None,
 ) -> None:
     """Bring the schema to the newest revision (creating the SQLite file's folder)."""
     url = make_url(migration_url)
     if url.get_backend_name() == "sqlite" and url.database:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(migration_url, app_url, master_key), "head")
+    command.upgrade(alembic_config(migration_url, app_url, master_key, key_provider), "head")

@@ -35,11 +35,15 @@ def membership(clinic_id: uuid.UUID, user_id: uuid.UUID, role: str) -> ClinicMem
 
 
 def patient(clinic_id: uuid.UUID, **overrides: Any) -> Patient:
+    """A patients row for schema tests: ``cpf`` holds opaque bytes (not real ciphertext)
+    and ``cpf_index`` a unique index value, unless given."""
+    cpf = generate_cpf(_rng)
     values: dict[str, Any] = {
         "id": new_id(),
         "clinic_id": clinic_id,
         "full_name": "Paciente de Teste",
-        "cpf": generate_cpf(_rng),
+        "cpf": cpf.encode(),
+        "cpf_index": f"1:{cpf}",
     }
     return Patient(**{**values, **overrides})
 
@@ -53,6 +57,6 @@ def medical_record(
         "patient_id": patient_id,
         "author_id": author_id,
         "kind": "consultation",
-        "notes": "Sem queixas.",
+        "notes": b"opaque",
     }
     return MedicalRecord(**{**values, **overrides})

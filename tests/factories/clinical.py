@@ -12,10 +12,12 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from clinicguard.clinic.cpf import generate_cpf
 from clinicguard.clinic.models import (
+    ENCRYPTED,
     Appointment,
     CareTeamMember,
     EmergencyGrant,
@@ -23,6 +25,7 @@ from clinicguard.clinic.models import (
     Patient,
     Prescription,
 )
+from clinicguard.clinic.protection import seal_into
 from clinicguard.core.principal import Role
 from clinicguard.store.interfaces import TenantContext
 from tests.factories.people import Person, add_clinic, add_person
@@ -39,14 +42,48 @@ STAFF = (
 )
 
 
+_PATIENT_PLAIN = (
+    "clinic_id",
+    "id",
+    "full_name",
+    "cpf",
+    "birth_date",
+    "phone",
+    "email",
+    "address",
+    "allergies",
+    "medications",
+    "medical_conditions",
+    "user_id",
+    "created_at",
+    "updated_at",
+)
+
+
+def _encrypted(plain: Any, table: str) -> dict[str, Any]:
+    return {name: getattr(plain, name) for name in ENCRYPTED[table]}
+
+
+async def _sealed(fields: Any, model: Any, table: str, plain: Any) -> Any:
+    """The stored row for ``plain`` (a namespace of plaintext values), its classified
+    columns encrypted in place."""
+    row = model(
+        **{k: v for k, v in vars(plain).items() if k not in ENCRYPTED[table]},
+    )
+    await seal_into(fields, table, row, _encrypted(plain, table))
+    return row
+
+
 @dataclass
 class ClinicSet:
+    """Rows are namespaces of their plaintext values (the database holds ciphertext)."""
+
     clinic_id: uuid.UUID
     people: dict[str, Person]
-    patients: list[Patient]
-    records: list[MedicalRecord]
-    prescriptions: list[Prescription]
-    appointments: list[Appointment]
+    patients: list[Any]
+    records: list[Any]
+    prescriptions: list[Any]
+    appointments: list[Any]
     _tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def tokens(self, world: Any, name: str) -> dict[str, Any]:
@@ -67,12 +104,15 @@ async def add_clinic_set(world: Any, *, opens: int = 0, closes: int = 24 * 60) -
     patient_user = await add_person(services, clinic.id, Role.PATIENT, full_name="Ana Paciente")
     people["patient"] = patient_user
     now = services.clock.now()
+    fields = services.fields
+    names = ("Ana Paciente", "Bruno Costa", "Carla Dias")
     patients = [
-        Patient(
+        SimpleNamespace(
             clinic_id=clinic.id,
             id=uuid.uuid4(),
             full_name=name,
             cpf=generate_cpf(_rng),
+            birth_date=None,
             phone="+5511987654321",
             email=f"p{i}-{uuid.uuid4().hex[:6]}@example.com",
             address="Rua das Flores, 10",
@@ -83,13 +123,18 @@ async def add_clinic_set(world: Any, *, opens: int = 0, closes: int = 24 * 60) -
             created_at=now + timedelta(seconds=i),
             updated_at=now + timedelta(seconds=i),
         )
-        for i, name in enumerate(("Ana Paciente", "Bruno Costa", "Carla Dias"))
+        for i, name in enumerate(names)
     ]
-    records: list[MedicalRecord] = []
-    prescriptions: list[Prescription] = []
-    appointments: list[Appointment] = []
+    records: list[Any] = []
+    prescriptions: list[Any] = []
+    appointments: list[Any] = []
     async with services.db.transaction(TenantContext.system(clinic.id)) as session:
-        session.add_all(patients)
+        for plain in patients:
+            row = Patient(
+                **{k: getattr(plain, k) for k in _PATIENT_PLAIN if k not in ENCRYPTED["patients"]}
+            )
+            await seal_into(fields, "patients", row, _encrypted(plain, "patients"))
+            session.add(row)
         await session.flush()
         for patient in patients:
             session.add(
@@ -99,7 +144,7 @@ async def add_clinic_set(world: Any, *, opens: int = 0, closes: int = 24 * 60) -
                     professional_id=people["physician"].id,
                 )
             )
-            record = MedicalRecord(
+            record = SimpleNamespace(
                 clinic_id=clinic.id,
                 id=uuid.uuid4(),
                 patient_id=patient.id,
@@ -111,9 +156,9 @@ async def add_clinic_set(world: Any, *, opens: int = 0, closes: int = 24 * 60) -
                 created_at=now - timedelta(days=1),
             )
             records.append(record)
-            session.add(record)
+            session.add(await _sealed(fields, MedicalRecord, "medical_records", record))
             await session.flush()
-            prescription = Prescription(
+            prescription = SimpleNamespace(
                 clinic_id=clinic.id,
                 id=uuid.uuid4(),
                 patient_id=patient.id,
@@ -121,16 +166,19 @@ async def add_clinic_set(world: Any, *, opens: int = 0, closes: int = 24 * 60) -
                 record_id=record.id,
                 medication="Cetoconazol 2%",
                 dosage="2x ao dia",
+                instructions=None,
                 status="active",
                 issued_at=now - timedelta(days=1),
+                valid_until=None,
             )
             prescriptions.append(prescription)
-            session.add(prescription)
-        appointment = Appointment(
+            session.add(await _sealed(fields, Prescription, "prescriptions", prescription))
+        appointment = SimpleNamespace(
             clinic_id=clinic.id,
             id=uuid.uuid4(),
             patient_id=patients[0].id,
             professional_id=people["nurse"].id,
+            treatment_id=None,
             starts_at=now + timedelta(days=2),
             ends_at=now + timedelta(days=2, minutes=30),
             status="scheduled",
@@ -139,12 +187,12 @@ async def add_clinic_set(world: Any, *, opens: int = 0, closes: int = 24 * 60) -
             updated_at=now,
         )
         appointments.append(appointment)
-        session.add(appointment)
+        session.add(await _sealed(fields, Appointment, "appointments", appointment))
     return ClinicSet(clinic.id, people, patients, records, prescriptions, appointments)
 
 
 async def add_grant(
-    world: Any, clinic: ClinicSet, grantee: str, patient: Patient, *, minutes: int = 60
+    world: Any, clinic: ClinicSet, grantee: str, patient: Any, *, minutes: int = 60
 ) -> EmergencyGrant:
     """A break-glass grant written directly (minutes < 0: already expired)."""
     now = world.services.clock.now()

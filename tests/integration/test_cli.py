@@ -290,7 +290,28 @@ def test_credentials_match_the_database(seeded: Seeded) -> None:
                 " LEFT JOIN users u ON u.id = p.user_id WHERE p.id = ? AND p.clinic_id = ?",
                 (row_id(patient["id"]), row_id(clinic["id"])),
             )
-            assert rows == [(patient["full_name"], patient["cpf"], patient["user_email"])]
+            ((full_name, stored_cpf, email),) = rows
+            assert (full_name, email) == (patient["full_name"], patient["user_email"])
+            assert isinstance(stored_cpf, bytes)  # ciphertext (format v1), never the digits
+            assert stored_cpf[0] == 1
+            assert patient["cpf"].encode() not in stored_cpf
+
+
+def test_no_demo_plaintext_is_on_disk(seeded: Seeded) -> None:
+    """Every file of the SQLite database (and its write-ahead log) holds none of the demo
+    data set's CPFs, phones, e-mails of patients, allergies, medications, conditions,
+    diagnoses or prescriptions: they are stored only encrypted."""
+    from clinicguard.clinic import demo
+
+    secrets_ = [p["cpf"] for c in seeded.credentials["clinics"] for p in c["patients"]]
+    secrets_ += [*demo._ALLERGIES, *demo._MEDICATIONS, *demo._CONDITIONS, *demo._DIAGNOSES]
+    secrets_ += ["Cetoconazol 2% creme", "Aplicar 2x ao dia", "Sinais vitais aferidos"]
+    secrets_ += ["@email.example.com", "Primeira consulta"]
+    files = [f for f in seeded.database.parent.iterdir() if f.name.startswith("clinicguard.db")]
+    assert files
+    blob = b"".join(f.read_bytes() for f in files)
+    found = [s for s in secrets_ if s.encode() in blob or s.encode("utf-16-le") in blob]
+    assert found == []
 
 
 def test_care_team_in_the_database(seeded: Seeded) -> None:

@@ -94,8 +94,9 @@ _cpfs = random.Random(20260301)
 #: ``:treatment`` and ``:user`` (a person not yet a member); only the policy can refuse it.
 INSERT_ROW = {
     "patients": (
-        "INSERT INTO patients (clinic_id, id, full_name, cpf, created_at, updated_at)"
-        " VALUES (:clinic, :id, 'Paciente Intruso', :cpf, now(), now())"
+        "INSERT INTO patients (clinic_id, id, full_name, cpf, cpf_index, created_at,"
+        " updated_at) VALUES (:clinic, :id, 'Paciente Intruso', convert_to(:cpf, 'UTF8'),"
+        " :cpf, now(), now())"
     ),
     "appointments": (
         "INSERT INTO appointments (clinic_id, id, patient_id, professional_id, starts_at,"
@@ -124,12 +125,13 @@ INSERT_ROW = {
     "medical_records": (
         "INSERT INTO medical_records (clinic_id, id, patient_id, author_id, kind, notes,"
         " created_at) VALUES (:clinic, :id, :patient, :professional, 'consultation',"
-        " 'Sem queixas.', now())"
+        " convert_to('Sem queixas.', 'UTF8'), now())"
     ),
     "prescriptions": (
         "INSERT INTO prescriptions (clinic_id, id, patient_id, prescriber_id, medication,"
         " dosage, status, issued_at) VALUES (:clinic, :id, :patient, :professional,"
-        " 'Dipirona 500 mg', '1 comprimido a cada 6 horas', 'active', now())"
+        " convert_to('Dipirona 500 mg', 'UTF8'),"
+        " convert_to('1 comprimido a cada 6 horas', 'UTF8'), 'active', now())"
     ),
     "clinic_memberships": (
         "INSERT INTO clinic_memberships (clinic_id, user_id, role, is_active, created_at,"
@@ -301,8 +303,8 @@ async def seed_clinic(db: Database, shared_user_id: uuid.UUID) -> ClinicRows:
                 patient_id=patient.id,
                 prescriber_id=physician.id,
                 record_id=record.id,
-                medication="Dipirona 500 mg",
-                dosage="1 comprimido a cada 6 horas",
+                medication=b"Dipirona 500 mg",
+                dosage=b"1 comprimido a cada 6 horas",
             )
         )
     return ClinicRows(
@@ -584,8 +586,8 @@ async def seed_clinical(db: Database) -> ClinicalWorld:
                     patient_id=pid,
                     prescriber_id=ids["physician_on_care_team"],
                     record_id=record.id,
-                    medication="Amoxicilina 500 mg",
-                    dosage="1 cápsula a cada 8 horas",
+                    medication=b"Amoxicilina 500 mg",
+                    dosage="1 cápsula a cada 8 horas".encode(),
                 )
                 for pid, record in records.items()
             ]
@@ -1141,7 +1143,8 @@ async def test_a_new_grant_is_seen_by_its_grantee_and_oversight_only(
 
 RECORD_OF_KIND = (
     "INSERT INTO medical_records (clinic_id, id, patient_id, author_id, kind, notes,"
-    " created_at) VALUES (:clinic, :id, :patient, :author, :kind, 'Sem queixas.', now())"
+    " created_at) VALUES (:clinic, :id, :patient, :author, :kind,"
+    " convert_to('Sem queixas.', 'UTF8'), now())"
 )
 PRESCRIPTION_BY = INSERT_ROW["prescriptions"].replace(":professional", ":author")
 CLINICAL_WRITES = [
@@ -1334,8 +1337,14 @@ async def test_grantee_cannot_rewrite_their_grant(
 
 
 CLINICAL_REWRITES = [
-    ("medical_records", "UPDATE medical_records SET notes = 'Reescrito depois.'"),
-    ("prescriptions", "UPDATE prescriptions SET dosage = '10 comprimidos de uma vez'"),
+    (
+        "medical_records",
+        "UPDATE medical_records SET notes = convert_to('Reescrito depois.', 'UTF8')",
+    ),
+    (
+        "prescriptions",
+        "UPDATE prescriptions SET dosage = convert_to('10 comprimidos de uma vez', 'UTF8')",
+    ),
 ]
 
 

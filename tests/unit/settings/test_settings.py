@@ -27,6 +27,7 @@ STRONG = {
     "redis_url": "redis://cache:6379/0",
     "mail_backend": "smtp",
     "public_base_url": "https://clinicas.example.com.br",
+    "key_vault_url": "postgresql+asyncpg://clinicguard_vault@vault-db/clinicguard_keys",
 }
 
 
@@ -59,9 +60,10 @@ def test_every_problem_is_named_at_once(tmp_path: Path) -> None:
         "PUBLIC_BASE_URL",
         "MAIL_BACKEND",
         "CORS",
+        "KEY_VAULT_URL",
     ):
         assert fragment in text, fragment
-    assert len(problems) == 8
+    assert len(problems) == 9
 
 
 @pytest.mark.parametrize("secret", ["", "secret", "changeme", "dev", "short-but-not-default"])
@@ -142,6 +144,18 @@ def test_invalid_settings_are_named_without_echoing_any_value(
     assert fragment in text
     assert "TOP-SECRET" not in text
     assert "hunter2" not in text
+
+
+@pytest.mark.parametrize(
+    "vault",
+    [
+        "",  # defaults to SQLite under the data dir
+        "sqlite+aiosqlite:///var/keyvault.db",
+        STRONG["database_url"],  # the clinical database: shredding would not outlive backups
+    ],
+)
+def test_production_needs_a_key_vault_of_its_own(vault: str) -> None:
+    assert any("KEY_VAULT_URL" in p for p in production_problems(prod(key_vault_url=vault)))
 
 
 def test_production_needs_an_https_public_url() -> None:
