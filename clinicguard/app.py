@@ -76,7 +76,13 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
-        middleware=pipeline_middleware(settings, profiles=profiles),
+        middleware=pipeline_middleware(
+            settings,
+            profiles=profiles,
+            multipart_paths=[clinic_api.UPLOAD_PATH],
+            # a file plus the multipart framing around it
+            large_bodies=[(clinic_api.UPLOAD_PATH, settings.upload_max_bytes + 64 * 1024)],
+        ),
         debug=False,
     )
     app.state.settings = settings

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     """Peers whose X-Forwarded-For and X-Request-ID are believed (IPs or CIDRs)."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    upload_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    """Largest patient file accepted (the upload route's body limit follows it)."""
     max_in_flight_requests: int = Field(default=256, ge=1)
 
     tls_cert_file: Path | None = None

@@ -26,6 +26,7 @@ from clinicguard.auth.tokens import SigningKeyRing, TokenPurpose, TokenService
 from clinicguard.authz.engine import PolicyEngine
 from clinicguard.authz.interfaces import Permission
 from clinicguard.authz.service import Authorizer
+from clinicguard.clinic.files import PatientFileService
 from clinicguard.clinic.service import ClinicDataService
 from clinicguard.clinic.staff import StaffService
 from clinicguard.core.clock import Clock, SystemClock
@@ -65,6 +66,7 @@ class Services:
     fields: FieldEncryption
     """Field encryption: the data-key ring, the patients' key vault, blind indexes."""
     clinic: ClinicDataService
+    files: PatientFileService
     staff: StaffService
 
     async def start(self) -> None:
@@ -222,6 +224,7 @@ def build_services(
     )
     vault = SubjectKeyVault(Database.from_url(settings.key_vault_url), data_keys, clock)
     fields = FieldEncryption(data_keys, vault, events)
+    clinic = ClinicDataService(db, authorizer, clock, events, fields)
     return Services(
         settings=settings,
         db=db,
@@ -239,7 +242,16 @@ def build_services(
         policy=policy,
         authorizer=authorizer,
         fields=fields,
-        clinic=ClinicDataService(db, authorizer, clock, events, fields),
+        clinic=clinic,
+        files=PatientFileService(
+            db=db,
+            clinic=clinic,
+            fields=fields,
+            limiter=limiter,
+            events=events,
+            clock=clock,
+            max_bytes=settings.upload_max_bytes,
+        ),
         staff=StaffService(
             db=db,
             authorizer=authorizer,

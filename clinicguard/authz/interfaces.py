@@ -19,6 +19,7 @@ class Permission(StrEnum):
     RECORDS_READ = "records:read"
     RECORDS_CREATE = "records:create"
     NURSING_NOTES_CREATE = "nursing_notes:create"
+    FILES_UPLOAD = "files:upload"
     PRESCRIPTIONS_READ = "prescriptions:read"
     PRESCRIPTIONS_CREATE = "prescriptions:create"
     TREATMENTS_READ = "treatments:read"

@@ -37,6 +37,7 @@ from clinicguard.clinic.models import (
     EmergencyGrant,
     MedicalRecord,
     Patient,
+    PatientFile,
     Prescription,
 )
 from clinicguard.core.principal import Principal, Role
@@ -134,7 +135,9 @@ def _care_relation(
 
 
 def visible_clinical(
-    principal: Principal, table: type[MedicalRecord] | type[Prescription], now: datetime
+    principal: Principal,
+    table: type[MedicalRecord] | type[Prescription] | type[PatientFile],
+    now: datetime,
 ) -> ColumnElement[bool]:
     """Clinical rows this principal may know exist (mirrors ``cg_clinical_access``)."""
     in_clinic = table.clinic_id == principal.clinic_id

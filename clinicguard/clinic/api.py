@@ -6,16 +6,19 @@ masks; ``response_model_exclude_unset`` keeps absent fields absent.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import AwareDatetime
 
 from clinicguard.auth.deps import CurrentPrincipal, FullPerson
 from clinicguard.authz.interfaces import Permission
 from clinicguard.authz.service import Authorizer
 from clinicguard.clinic import schemas as s
+from clinicguard.clinic.files import PatientFileService
 from clinicguard.clinic.paging import DEFAULT_LIMIT, MAX_LIMIT
 from clinicguard.clinic.service import ClinicDataService
 from clinicguard.clinic.staff import StaffService
@@ -187,6 +190,86 @@ async def create_prescription(
     principal: FullPerson, data: Data, patient_id: uuid.UUID, body: s.PrescriptionCreate
 ) -> dict[str, Any]:
     return await data.create_prescription(principal, patient_id, body)
+
+
+# --- patients' files ----------------------------------------------------------------------
+
+
+async def get_files(request: Request) -> PatientFileService:
+    service: PatientFileService = request.app.state.services.files
+    return service
+
+
+Files = Annotated[PatientFileService, Depends(get_files)]
+#: Uploads are multipart/form-data (every other API body is JSON) and may be larger.
+UPLOAD_PATH = re.compile(r"/api/v1/patients/[^/]+/files")
+
+
+@router.post(
+    "/patients/{patient_id}/files",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.FileOut,
+    responses={
+        **_ERRORS,
+        413: {"description": "Over the upload limit"},
+        415: {"description": "Not a JPEG, PNG, WebP or PDF (by content)"},
+        429: {"description": "More than 10 uploads a minute"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def upload_file(
+    principal: FullPerson, files: Files, patient_id: uuid.UUID, request: Request
+) -> dict[str, Any]:
+    """A photo or document for the patient's record (multipart/form-data, one part named
+    ``file``). The type is decided by content; images are re-encoded without metadata;
+    the file is stored encrypted under the patient's own key."""
+    body = await request.body()
+    return await files.upload(principal, patient_id, body, request.headers.get("content-type", ""))
+
+
+@router.get("/patients/{patient_id}/files", response_model=list[s.FileOut], responses=_ERRORS)
+async def list_files(
+    principal: CurrentPrincipal, files: Files, patient_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    return await files.list(principal, patient_id)
+
+
+@router.get(
+    "/files/{file_id}",
+    response_class=Response,
+    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+)
+async def download_file(principal: CurrentPrincipal, files: Files, file_id: uuid.UUID) -> Response:
+    """The file, always as an attachment (never rendered by the browser in our origin)."""
+    found = await files.download(principal, file_id)
+    return Response(
+        content=found.content,
+        media_type=found.media_type,
+        headers={
+            "Content-Disposition": content_disposition(found.filename),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        },
+    )
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback and the UTF-8 name (RFC 6266 / 5987)."""
+    ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
 # --- break-glass -------------------------------------------------------------------------

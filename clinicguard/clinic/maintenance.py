@@ -25,6 +25,7 @@ from clinicguard.clinic.models import (
     Appointment,
     MedicalRecord,
     Patient,
+    PatientFile,
     Prescription,
     Sensitivity,
 )
@@ -48,6 +49,7 @@ TABLES: dict[str, Any] = {
     "appointments": Appointment,
     "medical_records": MedicalRecord,
     "prescriptions": Prescription,
+    "patient_files": PatientFile,
 }
 Progress = Callable[[int], None]
 

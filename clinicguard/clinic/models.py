@@ -32,6 +32,7 @@ from clinicguard.store.base import Base, TenantOwned, Timestamps
 from clinicguard.store.tenancy import MINUTES_PER_DAY, Clinic
 
 __all__ = [
+    "BINARY_COLUMNS",
     "ENCRYPTED",
     "MINUTES_PER_DAY",
     "Appointment",
@@ -40,6 +41,7 @@ __all__ = [
     "EmergencyGrant",
     "MedicalRecord",
     "Patient",
+    "PatientFile",
     "Prescription",
     "Sensitivity",
     "Treatment",
@@ -78,7 +80,10 @@ ENCRYPTED: dict[str, dict[str, Sensitivity]] = {
     "prescriptions": dict.fromkeys(
         ("medication", "dosage", "instructions"), Sensitivity.HIGHLY_SENSITIVE
     ),
+    "patient_files": dict.fromkeys(("filename", "content"), Sensitivity.HIGHLY_SENSITIVE),
 }
+#: Encrypted columns whose plaintext is bytes (the others are text).
+BINARY_COLUMNS = frozenset({("patient_files", "content")})
 
 
 def _patient_fk() -> ForeignKeyConstraint:
@@ -300,4 +305,35 @@ class EmergencyGrant(TenantOwned, Base):
             "grantee_id",
         ),
         Index("ix_emergency_grants_clinic_id_granted_at", "clinic_id", "granted_at"),
+    )
+
+
+class PatientFile(TenantOwned, Base):
+    """A patient's photo or document: type decided by content, images re-encoded without
+    metadata, name and content stored only encrypted under the patient's own key."""
+
+    __tablename__ = "patient_files"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    patient_id: Mapped[uuid.UUID] = mapped_column()
+    uploaded_by: Mapped[uuid.UUID] = mapped_column()
+    media_type: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[bytes] = mapped_column(LargeBinary)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        _patient_fk(),
+        _member_fk("uploaded_by"),
+        CheckConstraint(
+            "media_type IN ('image/jpeg','image/png','image/webp','application/pdf')",
+            name="media_type",
+        ),
+        Index(
+            "ix_patient_files_clinic_id_patient_id_created_at",
+            "clinic_id",
+            "patient_id",
+            "created_at",
+        ),
     )

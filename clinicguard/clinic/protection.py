@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from clinicguard.clinic.cpf import normalize_cpf
-from clinicguard.clinic.models import ENCRYPTED, Sensitivity
+from clinicguard.clinic.models import BINARY_COLUMNS, ENCRYPTED, Sensitivity
 from clinicguard.crypto.fields import Place
 from clinicguard.crypto.service import FieldEncryption
 
@@ -60,7 +60,8 @@ async def open_from(
     for name in names:
         value = getattr(row, name)
         if name in encrypted:
-            value = await fields.open(
+            opener = fields.open_bytes if (table, name) in BINARY_COLUMNS else fields.open
+            value = await opener(
                 Place(row.clinic_id, table, name, row.id),
                 value,
                 subject=subject_of(table, row, encrypted[name]),

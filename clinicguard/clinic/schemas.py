@@ -318,3 +318,14 @@ class EncryptionTestIn(StrictModel):
 class EncryptionTestOut(BaseModel):
     ok: bool
     key_id: str
+
+
+class FileOut(BaseModel):
+    id: uuid.UUID
+    patient_id: uuid.UUID
+    uploaded_by: uuid.UUID
+    media_type: str
+    size: int
+    filename: str | None = None
+    """None when the patient's key was destroyed (erased)."""
+    created_at: datetime

@@ -274,9 +274,11 @@ class ClinicDataService:
 
     # --- clinical records -----------------------------------------------------------------
 
-    async def _clinical_patient(
+    async def clinical_patient(
         self, principal: Principal, patient_id: uuid.UUID, permission: Permission
     ) -> tuple[Patient, Decision]:
+        """A visible patient and the allow decision for ``permission`` on their clinical
+        data (403 or 404 otherwise)."""
         await self._authz.require_possible(principal, permission)
         async with self._tx(principal) as session:
             patient, facts = await self._patient(session, principal, patient_id)
@@ -288,7 +290,7 @@ class ClinicDataService:
     async def list_records(
         self, principal: Principal, patient_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        _, decision = await self._clinical_patient(principal, patient_id, Permission.RECORDS_READ)
+        _, decision = await self.clinical_patient(principal, patient_id, Permission.RECORDS_READ)
         query = select(MedicalRecord).where(
             MedicalRecord.clinic_id == principal.clinic_id, MedicalRecord.patient_id == patient_id
         )
@@ -330,7 +332,7 @@ class ClinicDataService:
             if body.kind == "nursing_note"
             else Permission.RECORDS_CREATE
         )
-        _, decision = await self._clinical_patient(principal, patient_id, permission)
+        _, decision = await self.clinical_patient(principal, patient_id, permission)
         record = MedicalRecord(
             clinic_id=_clinic(principal),
             id=uuid.uuid4(),
@@ -346,7 +348,7 @@ class ClinicDataService:
     async def list_prescriptions(
         self, principal: Principal, patient_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        _, decision = await self._clinical_patient(
+        _, decision = await self.clinical_patient(
             principal, patient_id, Permission.PRESCRIPTIONS_READ
         )
         query = select(Prescription).where(
@@ -365,7 +367,7 @@ class ClinicDataService:
     async def create_prescription(
         self, principal: Principal, patient_id: uuid.UUID, body: s.PrescriptionCreate
     ) -> dict[str, Any]:
-        _, decision = await self._clinical_patient(
+        _, decision = await self.clinical_patient(
             principal, patient_id, Permission.PRESCRIPTIONS_CREATE
         )
         now = self._clock.now()

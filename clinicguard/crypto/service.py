@@ -39,17 +39,18 @@ class FieldEncryption:
         self._events = events
 
     async def seal(
-        self, place: Place, value: str | None, *, subject: uuid.UUID | None = None
+        self, place: Place, value: str | bytes | None, *, subject: uuid.UUID | None = None
     ) -> bytes | None:
         """``value`` encrypted for ``place``: under the patient's own key when ``subject``
         is given (highly sensitive), else under the clinic's active field key."""
         if value is None:
             return None
+        data = value.encode() if isinstance(value, str) else value
         if subject is not None:
             key = await self.vault.key(place.clinic_id, subject, create=True)
-            return fields.encrypt(key, Header(KeyKind.SUBJECT, 1), place, value.encode())
+            return fields.encrypt(key, Header(KeyKind.SUBJECT, 1), place, data)
         version, key = await self.ring.active(place.clinic_id, FIELD)
-        blob = fields.encrypt(key, Header(KeyKind.CLINIC, version), place, value.encode())
+        blob = fields.encrypt(key, Header(KeyKind.CLINIC, version), place, data)
         await self.ring.count(place.clinic_id, version)
         return blob
 
@@ -58,6 +59,18 @@ class FieldEncryption:
     ) -> str | None:
         """The plaintext of a stored value; None when nothing is stored or the patient's key
         was destroyed (erased). DecryptionFailed (and a critical event) otherwise."""
+        data = await self.open_bytes(place, blob, subject=subject)
+        if data is None:
+            return None
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise await self._tampered(place) from exc
+
+    async def open_bytes(
+        self, place: Place, blob: bytes | None, *, subject: uuid.UUID | None = None
+    ) -> bytes | None:
+        """:meth:`open` for binary values (files)."""
         if blob is None:
             return None
         try:
@@ -71,23 +84,28 @@ class FieldEncryption:
                     return None
             else:
                 key = await self.ring.key(place.clinic_id, FIELD, header.version)
-            return fields.decrypt(key, place, blob).decode()
-        except (DecryptionFailed, UnicodeDecodeError) as exc:
-            await self._events.record(
-                SecurityEvent(
-                    type=SecurityEventType.CRYPTO_DECRYPT_FAILED,
-                    outcome=Outcome.FAILURE,
-                    severity=Severity.CRITICAL,
-                    clinic_id=place.clinic_id,
-                    details={
-                        "table": place.table,
-                        "column": place.column,
-                        "row_id": str(place.row_id),
-                        "reason": "possible tampering: the value did not authenticate",
-                    },
-                )
+            return fields.decrypt(key, place, blob)
+        except DecryptionFailed as exc:
+            raise await self._tampered(place) from exc
+
+    async def _tampered(self, place: Place) -> DecryptionFailed:
+        """Record a value that does not open (critical: possible tampering) and return the
+        error to raise (a problem that reveals nothing)."""
+        await self._events.record(
+            SecurityEvent(
+                type=SecurityEventType.CRYPTO_DECRYPT_FAILED,
+                outcome=Outcome.FAILURE,
+                severity=Severity.CRITICAL,
+                clinic_id=place.clinic_id,
+                details={
+                    "table": place.table,
+                    "column": place.column,
+                    "row_id": str(place.row_id),
+                    "reason": "possible tampering: the value did not authenticate",
+                },
             )
-            raise DecryptionFailed() from exc
+        )
+        return DecryptionFailed()
 
     async def self_test(self, clinic_id: uuid.UUID | None, data: str) -> str:
         """Encrypt ``data`` and decrypt it again in memory (nothing is stored): under the

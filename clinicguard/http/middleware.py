@@ -147,20 +147,32 @@ class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413: at once from Content-Length, and while
     streaming for chunked bodies that lie or omit it."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        overrides: Sequence[tuple[re.Pattern[str], int]] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = tuple(overrides)
+        """(path pattern, limit) for routes that take larger bodies (file uploads)."""
+
+    def _limit(self, path: str) -> int:
+        return next((n for p, n in self.overrides if p.fullmatch(path)), self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope["path"])
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not (declared.isascii() and declared.isdigit()):
                 await send_problem(send, BadRequest("The Content-Length header is invalid."))
                 return
-            if int(declared) > self.max_bytes:
+            if int(declared) > limit:
                 await send_problem(send, PayloadTooLarge())
                 return
         received = 0
@@ -170,7 +182,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # An HTTPException passes through FastAPI's body parsing unchanged and is
                     # rendered by the exception handlers as a 413 problem.
                     raise StarletteHTTPException(413)

@@ -12,6 +12,8 @@ mask, audit in the same transaction) happen inside the services a route calls.
         input gates      — body size (413), JSON-only API bodies (415)
     2.  blocklist        — IP / account blocks          (added by the detection feature)
     3.  rate limit       — per route class and identity (added by the ratelimit feature)
+        input signals    — SQL-injection / XSS / traversal detectors over path, query and
+                           JSON body: an ``input:attack:suspected`` event, never a refusal
     4.  admission        — bound on requests in flight, 503 past it
     5.  authenticate     — route dependency (auth feature)
 
@@ -37,6 +39,7 @@ from clinicguard.http.middleware import (
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
 )
+from clinicguard.http.signals import InputSignalsMiddleware
 from clinicguard.settings import Settings
 
 #: Paths that are always admitted and never rate limited (load balancer probes).
@@ -54,6 +57,7 @@ def pipeline_middleware(
     profiles: ProfileTable,
     steps: Mapping[Step, Middleware] | None = None,
     multipart_paths: Sequence[re.Pattern[str]] = (),
+    large_bodies: Sequence[tuple[re.Pattern[str], int]] = (),
 ) -> list[Middleware]:
     """The pipeline as Starlette middleware entries, outermost first."""
     steps = steps or {}
@@ -81,9 +85,12 @@ def pipeline_middleware(
             max_age=600,
         ),
         Middleware(ErrorBoundaryMiddleware),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, overrides=large_bodies),
         Middleware(JsonBodyMiddleware, multipart_paths=multipart_paths),
         *(steps[step] for step in (Step.BLOCKLIST, Step.RATE_LIMIT) if step in steps),
+        # After the input gates (only size-bounded JSON is parsed) and after blocklist and
+        # rate limit (a refused flood costs no scanning); a signal, never a refusal.
+        Middleware(InputSignalsMiddleware),
         Middleware(
             AdmissionControlMiddleware,
             max_in_flight=settings.max_in_flight_requests,
