@@ -143,7 +143,7 @@ class ConsoleSignedIn(BaseModel):
 class ApiKeyCreate(StrictModel):
     name: Annotated[PlainText, Field(min_length=1, max_length=100)]
     scopes: Annotated[
-        list[Annotated[str, Field(max_length=64)]], Field(min_length=1, max_length=32)
+        list[Annotated[str, Field(max_length=64)]], Field(min_length=1, max_length=64)
     ]
     expires_at: AwareDatetime | None = None
     """With a time zone offset; at most two years ahead."""

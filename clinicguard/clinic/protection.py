@@ -57,14 +57,12 @@ async def open_from(
     field is never decrypted)."""
     encrypted = ENCRYPTED[table]
     values: dict[str, Any] = {}
+    sealed: dict[str, tuple[bytes | None, uuid.UUID | None, bool]] = {}
     for name in names:
-        value = getattr(row, name)
         if name in encrypted:
-            opener = fields.open_bytes if (table, name) in BINARY_COLUMNS else fields.open
-            value = await opener(
-                Place(row.clinic_id, table, name, row.id),
-                value,
-                subject=subject_of(table, row, encrypted[name]),
-            )
-        values[name] = value
+            subject = subject_of(table, row, encrypted[name])
+            sealed[name] = (getattr(row, name), subject, (table, name) in BINARY_COLUMNS)
+        values[name] = getattr(row, name)
+    if sealed:
+        values.update(await fields.open_row(row.clinic_id, table, row.id, sealed))
     return values

@@ -114,6 +114,14 @@ def _columns(row: Any, names: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(row, name) for name in names}
 
 
+CPF_TAKEN = "A patient with this CPF already exists in this clinic."
+
+
+def _cpf_key(clinic_id: uuid.UUID | None) -> str:
+    """The lock of a clinic's CPF uniqueness check."""
+    return f"patients-cpf:{clinic_id}"
+
+
 def _clinic(principal: Principal) -> uuid.UUID:
     """The principal's clinic (every clinic-data permission needs one; the policy has
     already refused a principal without)."""
@@ -234,19 +242,41 @@ class ClinicDataService:
         values = body.model_dump()
         await self._seal("patients", patient, values)
         try:
-            async with self._tx(principal) as session:
+            async with self._db.serialized(
+                _cpf_key(patient.clinic_id), tenant_of(principal)
+            ) as session:
+                await self._refuse_taken_cpf(session, patient, body.cpf)
                 session.add(patient)
         except IntegrityError as exc:
-            raise Conflict("A patient with this CPF already exists in this clinic.") from exc
+            raise Conflict(CPF_TAKEN) from exc
         return await self._as_read(principal, patient, {})
+
+    async def _refuse_taken_cpf(self, session: AsyncSession, patient: Patient, cpf: str) -> None:
+        """409 when another patient of the clinic has this CPF under any index-key version
+        (the unique constraint covers one version; between an index rotation and the
+        re-index both are live). Callers hold the clinic's CPF lock."""
+        indexes = await self._fields.blind_indexes(patient.clinic_id, "cpf", normalize_cpf(cpf))
+        taken = await session.scalar(
+            select(Patient.id)
+            .where(
+                Patient.clinic_id == patient.clinic_id,
+                Patient.cpf_index.in_(indexes),
+                Patient.id != patient.id,
+            )
+            .limit(1)
+        )
+        if taken is not None:
+            raise Conflict(CPF_TAKEN)
 
     async def update_patient(
         self, principal: Principal, patient_id: uuid.UUID, body: s.PatientUpdate
     ) -> dict[str, Any]:
         await self._authz.require_possible(principal, Permission.PATIENTS_UPDATE)
         changes = body.model_dump(exclude_unset=True)
+        # A CPF change is serialized per clinic (the uniqueness check spans index versions).
+        key = _cpf_key(principal.clinic_id) if "cpf" in changes else f"patient:{patient_id}"
         try:
-            async with self._tx(principal) as session:
+            async with self._db.serialized(key, tenant_of(principal)) as session:
                 patient, facts = await self._patient(session, principal, patient_id)
                 await self._require_change(
                     principal,
@@ -255,11 +285,13 @@ class ClinicDataService:
                     set(changes),
                     {"patient_id": str(patient_id)},
                 )
+                if "cpf" in changes:
+                    await self._refuse_taken_cpf(session, patient, changes["cpf"])
                 await self._seal("patients", patient, changes)
                 patient.updated_at = self._clock.now()
                 await session.flush()
         except IntegrityError as exc:
-            raise Conflict("A patient with this CPF already exists in this clinic.") from exc
+            raise Conflict(CPF_TAKEN) from exc
         return await self._as_read(principal, patient, facts)
 
     async def _as_read(

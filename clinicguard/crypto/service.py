@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import uuid
+from collections.abc import Mapping
 
 from clinicguard.core.events import (
     Outcome,
@@ -59,34 +60,65 @@ class FieldEncryption:
     ) -> str | None:
         """The plaintext of a stored value; None when nothing is stored or the patient's key
         was destroyed (erased). DecryptionFailed (and a critical event) otherwise."""
-        data = await self.open_bytes(place, blob, subject=subject)
-        if data is None:
-            return None
-        try:
-            return data.decode()
-        except UnicodeDecodeError as exc:
-            raise await self._tampered(place) from exc
+        opened = await self.open_row(
+            place.clinic_id, place.table, place.row_id, {place.column: (blob, subject, False)}
+        )
+        value = opened[place.column]
+        return value if value is None or isinstance(value, str) else None
 
     async def open_bytes(
         self, place: Place, blob: bytes | None, *, subject: uuid.UUID | None = None
     ) -> bytes | None:
         """:meth:`open` for binary values (files)."""
-        if blob is None:
-            return None
-        try:
-            header = fields.header_of(blob)
-            if header.kind is KeyKind.SUBJECT:
-                if subject is None:
-                    raise DecryptionFailed()
-                try:
-                    key = await self.vault.key(place.clinic_id, subject, create=False)
-                except SubjectKeyDestroyed:
-                    return None
-            else:
-                key = await self.ring.key(place.clinic_id, FIELD, header.version)
-            return fields.decrypt(key, place, blob)
-        except DecryptionFailed as exc:
-            raise await self._tampered(place) from exc
+        opened = await self.open_row(
+            place.clinic_id, place.table, place.row_id, {place.column: (blob, subject, True)}
+        )
+        value = opened[place.column]
+        return value if value is None or isinstance(value, bytes) else None
+
+    async def open_row(
+        self,
+        clinic_id: uuid.UUID,
+        table: str,
+        row_id: uuid.UUID,
+        values: Mapping[str, tuple[bytes | None, uuid.UUID | None, bool]],
+    ) -> dict[str, str | bytes | None]:
+        """Several stored values of one row: ``column -> (blob, subject, binary)`` to
+        ``column -> plaintext`` (text unless binary; None when nothing is stored or the
+        patient's key was destroyed). Each key is looked up once per row."""
+        prefix, suffix = f"{clinic_id}|{table}|".encode(), f"|{row_id}".encode()
+        keys: dict[tuple[int, int], bytes | None] = {}
+        out: dict[str, str | bytes | None] = {}
+        for column, (blob, subject, binary) in values.items():
+            if blob is None:
+                out[column] = None
+                continue
+            try:
+                header = fields.parse_header(blob)
+                if header not in keys:
+                    keys[header] = await self._key_for(clinic_id, header, subject)
+                key = keys[header]
+                if key is None:  # the patient's key was destroyed: erased
+                    out[column] = None
+                    continue
+                data = fields.decrypt_at(key, prefix + column.encode() + suffix, blob)
+                out[column] = data if binary else data.decode()
+            except (DecryptionFailed, UnicodeDecodeError) as exc:
+                raise await self._tampered(Place(clinic_id, table, column, row_id)) from exc
+        return out
+
+    async def _key_for(
+        self, clinic_id: uuid.UUID, header: tuple[int, int], subject: uuid.UUID | None
+    ) -> bytes | None:
+        kind, version = header
+        if kind == KeyKind.SUBJECT:
+            if subject is None:
+                raise DecryptionFailed()
+            try:
+                return await self.vault.key(clinic_id, subject, create=False)
+            except SubjectKeyDestroyed:
+                return None
+        return await self.ring.key(clinic_id, FIELD, version)
 
     async def _tampered(self, place: Place) -> DecryptionFailed:
         """Record a value that does not open (critical: possible tampering) and return the

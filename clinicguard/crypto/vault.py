@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 
 from sqlalchemy import (
     Column,
@@ -78,6 +79,9 @@ class SubjectKeyVault:
             return
         async with self._create_lock:
             if not self._created:
+                url = self.db.engine.url
+                if url.get_backend_name() == "sqlite" and url.database:
+                    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
                 async with self.db.engine.begin() as conn:
                     await conn.run_sync(metadata.create_all)
                 self._created = True
