@@ -27,12 +27,17 @@ Endpoints (each scenario in :mod:`bench.scenarios` names the one it compares aga
   ``GET /api/v1/patients/{id}``: clinicguard's patient read without authentication or
   authorization. Row-level security binds the application role, so the transaction first
   names the clinic and a staff role with the same ``set_config`` statement as
-  clinicguard's ``Database.set_tenant`` (without it the SELECT sees no row at all).
+  clinicguard's ``Database.set_tenant`` (without it the SELECT sees no row at all). The
+  encrypted columns (clinicguard.clinic.models.ENCRYPTED: CPF, contact data, the clinical
+  summaries) come back as ciphertext bytes, which this endpoint answers base64-encoded:
+  it is the "no decryption" baseline, so the difference with clinicguard includes the
+  decryption and masking of those values (``field-crypto`` measures that part alone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -77,11 +82,12 @@ SET_TENANT = text(
 )
 """clinicguard.store.db._SET_TENANT: what row-level security reads (per transaction)."""
 SELECT_PATIENT = text(
-    "SELECT clinic_id, id, full_name, cpf, birth_date, phone, email, address, allergies,"
-    " medications, medical_conditions, user_id, created_at, updated_at"
+    "SELECT clinic_id, id, full_name, cpf, cpf_index, birth_date, phone, email, email_index,"
+    " address, allergies, medications, medical_conditions, user_id, created_at, updated_at"
     " FROM patients WHERE clinic_id = :clinic_id AND id = :id"
 )
-"""Every column, as clinicguard's ``select(Patient)`` selects them (clinicguard's table)."""
+"""Every column, as clinicguard's ``select(Patient)`` selects them (clinicguard's table;
+the encrypted ones are bytea, the blind indexes text)."""
 INSERT_EVENT = text(
     "INSERT INTO bench.events (id, occurred_at, record_id, clinic_id, actor, action)"
     " VALUES (:id, now(), :record_id, :clinic_id, :actor, :action)"
@@ -138,6 +144,19 @@ class Patient(BaseModel):
 
 
 PATIENT_FIELDS = tuple(Patient.model_fields)
+PATIENT_CIPHERTEXT = frozenset(
+    ("cpf", "phone", "email", "address", "allergies", "medications", "medical_conditions")
+)
+"""The patients' columns stored encrypted (clinicguard.clinic.models.ENCRYPTED["patients"],
+spelled out: the bare app imports nothing of clinicguard's domain)."""
+
+
+def _ciphertext_as_text(value: bytes | None) -> str | None:
+    """A stored ciphertext as the bare answer shows it: base64, not decrypted (the bare
+    baseline does no cryptography; None stays None)."""
+    return None if value is None else base64.b64encode(value).decode("ascii")
+
+
 BENCH_ROLE = "physician"
 """The role the bare ``/patients/…`` names for row-level security (nobody signed in)."""
 BENCH_CLINIC_ID = uuid.UUID(int=0x00BE_0C11)
@@ -241,6 +260,11 @@ def create_app() -> FastAPI:
             )
         if row is None:
             raise HTTPException(status_code=404)
-        return Patient.model_validate({name: row[name] for name in PATIENT_FIELDS})
+        return Patient.model_validate(
+            {
+                name: _ciphertext_as_text(row[name]) if name in PATIENT_CIPHERTEXT else row[name]
+                for name in PATIENT_FIELDS
+            }
+        )
 
     return app

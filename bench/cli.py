@@ -132,5 +132,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(format_table(results))
     print(f"results written to {write_json(report)}")
-    failed = any(m.error for r in results for m in r.measurements)
+    failed = any(r.failed for r in results)
     return 1 if failed else 0

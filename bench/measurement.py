@@ -101,6 +101,13 @@ class ScenarioResult:
     findings: Findings | None = None
     """The scenario's own figures (``Scenario.figures``), once computed."""
     findings_error: str | None = None
+    error: str | None = None
+    """Why an in-process scenario failed (a load scenario's sides say it themselves)."""
+
+    @property
+    def failed(self) -> bool:
+        """Whether a measurement of this scenario did not complete."""
+        return self.error is not None or any(m.error for m in self.measurements)
 
     def side(self, label: str) -> Measurement | None:
         return next((m for m in self.measurements if m.label == label), None)
@@ -134,6 +141,8 @@ class ScenarioResult:
         return {
             "name": self.scenario.name,
             "description": self.scenario.description,
+            "kind": "in-process" if self.scenario.in_process is not None else "load",
+            "error": self.error,
             "measurements": [m.as_dict() for m in self.measurements],
             "ratio_clinicguard_over_bare": ratios
             if self.scenario.compare == ("clinicguard", "bare")

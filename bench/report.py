@@ -40,7 +40,9 @@ def _row(scenario: str, m: Measurement) -> tuple[str, ...]:
     )
 
 
-def _ratio_line(result: ScenarioResult) -> str:
+def _ratio_line(result: ScenarioResult) -> str | None:
+    if result.scenario.in_process is not None:
+        return None  # no sides: its figures follow
     ratios = result.ratios()
     if ratios is None:
         if len(result.scenario.measured_sides()) == 1:
@@ -59,7 +61,10 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
     server CPU per request and the connections each worker held, with the clinicguard/bare
     ratio (or the scenario's own pair) and the scenario's own figures under each scenario."""
     blocks: list[list[tuple[str, ...]]] = [
-        [_row(r.scenario.name, m) for m in r.measurements] for r in results
+        [_row(r.scenario.name, m) for m in r.measurements]
+        if r.scenario.in_process is None
+        else [(r.scenario.name, "in-process", *("",) * (len(_COLUMNS) - 2))]
+        for r in results
     ]
     widths = [
         max(len(col), *(len(row[i]) for block in blocks for row in block))
@@ -75,12 +80,15 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
     out = [line(_COLUMNS), line(["-" * w for w in widths])]
     for result, block in zip(results, blocks, strict=True):
         out += [line(row) for row in block]
-        out.append(_ratio_line(result))
+        if (ratio := _ratio_line(result)) is not None:
+            out.append(ratio)
         if result.findings is not None:
             out += result.findings.lines
         if result.findings_error:
             out.append(f"  figures failed: {result.findings_error}")
         out += [f"  {m.label} failed: {m.error}" for m in result.measurements if m.error]
+        if result.error:
+            out.append(f"  failed: {result.error}")
     out.append(
         "throughput ratio below 1 and latency/cpu ratios above 1 mean clinicguard (or the first"
         " side named) is slower; cpu µs/req is the server's processes only (not PostgreSQL,"

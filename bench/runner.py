@@ -22,18 +22,28 @@ from typing import Any
 
 from bench import procfs, services
 from bench.bare import DB_POOL_SIZE
+from bench.inprocess import InProcessSpec
 from bench.loadgen import LoadResult, LoadSpec
 from bench.measurement import Measurement, Round, ScenarioResult
 from bench.scenarios import (
     Background,
     BenchContext,
+    Findings,
     HttpRequest,
     LoadWindow,
     Scenario,
     Side,
     Target,
 )
-from bench.servers import PROJECT_ROOT, Server, run_clinicguard, start_bare, start_clinicguard
+from bench.servers import (
+    PROJECT_ROOT,
+    ProcessFailed,
+    Server,
+    run_bench_module,
+    run_clinicguard,
+    start_bare,
+    start_clinicguard,
+)
 
 SETUP_TIMEOUT_SECONDS = 60.0
 ACCEPT_TIMEOUT_SECONDS = 5.0
@@ -99,6 +109,7 @@ def _clinicguard_env(db: services.BenchDatabase, work_dir: Path) -> dict[str, st
         "CLINICGUARD_ENV": "test",
         "CLINICGUARD_DATABASE_URL": db.app_url,
         "CLINICGUARD_MIGRATION_DATABASE_URL": db.owner_url,
+        "CLINICGUARD_KEY_VAULT_URL": db.vault_url,
         "CLINICGUARD_REDIS_URL": services.REDIS_URL,
         "CLINICGUARD_DATA_DIR": str(work_dir / "data"),
         "CLINICGUARD_SECRET_KEY": secrets.token_urlsafe(48),
@@ -441,6 +452,41 @@ async def _measure_scenario(
     return result
 
 
+async def _measure_in_process(
+    options: RunOptions,
+    scenario: Scenario,
+    clinicguard_env: dict[str, str],
+    demo: dict[str, Any],
+) -> ScenarioResult:
+    """Run an in-process scenario's module in a process of its own with the run's
+    configuration; its figures are the scenario's (a failure fails the scenario, and the
+    others go on)."""
+    assert scenario.in_process is not None  # noqa: S101  # the caller checked
+    result = ScenarioResult(scenario, [])
+    spec = InProcessSpec(
+        duration_seconds=options.duration_seconds,
+        rounds=options.rounds,
+        warmup_seconds=options.warmup_seconds,
+        demo=demo,
+    )
+    _progress(f"{scenario.name}: in-process ({scenario.in_process.module})")
+    started = time.monotonic()
+    try:
+        line = await run_bench_module(
+            scenario.in_process.module,
+            spec.to_json(),
+            clinicguard_env,
+            scenario.in_process.timeout_seconds,
+        )
+        figures = json.loads(line)
+        result.findings = Findings(values=figures["values"], lines=figures["lines"])
+    except (ProcessFailed, ValueError, KeyError, TypeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        _progress(f"{scenario.name}: FAILED: {result.error}")
+    _progress(f"{scenario.name}: done in {time.monotonic() - started:.1f} s")
+    return result
+
+
 async def _run(options: RunOptions, work_dir: Path) -> list[ScenarioResult]:
     if (task := asyncio.current_task()) is not None:
         # SIGTERM unwinds like Ctrl-C: servers stopped, database dropped, Redis flushed.
@@ -463,7 +509,9 @@ async def _run(options: RunOptions, work_dir: Path) -> list[ScenarioResult]:
                 for target, server in servers.items()
             }
             return [
-                await _measure_scenario(options, scenario, servers, contexts, cache)
+                await _measure_in_process(options, scenario, clinicguard_env, demo)
+                if scenario.in_process is not None
+                else await _measure_scenario(options, scenario, servers, contexts, cache)
                 for scenario in options.scenarios
             ]
 

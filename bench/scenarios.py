@@ -19,6 +19,9 @@ and which two to ``compare``, for example the same clinicguard request measured 
 under load; an endpoint may run a :class:`Background` task next to each of its rounds (the
 login storm); and ``figures`` may derive scenario-specific numbers from the measurements
 (the cost of authentication in µs), printed under the ratio and written to the JSON.
+Or a scenario is :class:`InProcess`: no server and no load, a module of its own run as a
+process with the run's configuration, whose figures are the scenario's (``field-crypto``,
+``reencrypt``; see bench/inprocess.py).
 
 Adding a scenario (about ten lines; see bench/README.md for a logged-in example)::
 
@@ -57,8 +60,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from bench import services, signins
+from bench.bare import PATIENT_CIPHERTEXT
 from bench.loadgen import latency_summary
 from bench.servers import run_clinicguard
+from clinicguard.clinic.models import ENCRYPTED
 
 if TYPE_CHECKING:
     from bench.measurement import Measurement, ScenarioResult
@@ -245,9 +250,21 @@ a setup may have left what it measured."""
 
 
 @dataclass(frozen=True)
+class InProcess:
+    """A scenario measured inside one Python process instead of by load on a server:
+    ``module`` (e.g. ``bench.crypto``) is run as ``python -m module`` with the run's
+    clinicguard configuration and returns its figures (see bench/inprocess.py)."""
+
+    module: str
+    timeout_seconds: float = 600.0
+    """The process is killed (and the scenario fails) after this long."""
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A clinicguard request measured next to a bare endpoint doing the same database work
-    (or, with ``sides``, any set of requests measured in turn and compared)."""
+    (or, with ``sides``, any set of requests measured in turn and compared; or, with
+    ``in_process``, figures measured in a process of their own, no server involved)."""
 
     name: str
     description: str
@@ -260,10 +277,16 @@ class Scenario:
     compare: tuple[str, str] = ("clinicguard", "bare")
     """The ratio printed under the table: the first side's figures over the second's."""
     figures: Figures | None = None
+    in_process: InProcess | None = None
+    """Instead of sides: figures measured in a process of its own (no server, no load)."""
 
     def __post_init__(self) -> None:
         if self.sides and (self.bare is not None or self.clinicguard is not None):
             raise ValueError(f"{self.name}: give either sides or clinicguard/bare, not both")
+        if self.in_process is not None:
+            if self.measured_sides() or self.figures is not None:
+                raise ValueError(f"{self.name}: an in-process scenario has no sides or figures")
+            return
         labels = [side.label for side in self.measured_sides()]
         if not labels or len(set(labels)) != len(labels):
             raise ValueError(f"{self.name}: needs at least one side, with distinct labels")
@@ -709,7 +732,13 @@ async def _patient_reads_with_probes(ctx: BenchContext) -> list[tuple[PatientRea
 
 
 async def _bare_patient_with_probe(ctx: BenchContext) -> None:
-    """Before the load: the bare endpoint's unloaded latency."""
+    """Before the load: a check that the bare endpoint knows every encrypted column of
+    ``patients`` (it answers them base64-encoded, not decrypted), and its unloaded latency."""
+    if set(PATIENT_CIPHERTEXT) != set(ENCRYPTED["patients"]):
+        raise RuntimeError(
+            "bench/bare.py PATIENT_CIPHERTEXT differs from clinicguard's encrypted patient "
+            f"columns: {sorted(PATIENT_CIPHERTEXT)} vs {sorted(ENCRYPTED['patients'])}"
+        )
     requests = [_bare_patient(ctx, None, i) for i in range(len(care_team_reads(ctx)))]
     await _probe_unloaded(ctx, requests, _PATIENT_UNLOADED)
 
@@ -732,7 +761,7 @@ def _patient_read_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Find
         lines=[
             f"  authentication + authorization per read: p50 {_signed(diff.p50_us, 'µs')}, "
             f"server CPU {_signed(diff.cpu_us, 'µs')} (clinicguard minus bare: pipeline, "
-            "token, policy, the care-team SELECT)",
+            "token, policy, the care-team SELECT, decryption)",
             _unloaded_line(diff),
             f"  key-value commands per GET /patients/{{id}}: {kv}",
         ],
@@ -744,10 +773,34 @@ register(
         name="patient-read",
         description="GET /api/v1/patients/{id} as the patient's care-team physician "
         "(session GETEX, tenant-scoped transaction: the patient row, the care-team and "
-        "break-glass facts; policy and shaping) vs the same row's SELECT in a "
-        "tenant-scoped transaction unauthenticated: what reading a patient adds",
+        "break-glass facts; policy, decryption and shaping) vs the same row's SELECT in a "
+        "tenant-scoped transaction unauthenticated, its ciphertexts answered base64-encoded: "
+        "what reading a patient adds",
         clinicguard=Endpoint(setup=_patient_reads_with_probes, request=_patient),
         bare=Endpoint(setup=_bare_patient_with_probe, request=_bare_patient),
         figures=_patient_read_cost,
+    )
+)
+
+
+# --- field encryption (in-process) --------------------------------------------------------
+
+register(
+    Scenario(
+        name="field-crypto",
+        description="in-process, per patient record (12 fields, 7 ciphertexts): "
+        "FieldEncryption.open + masking, step by step, vs AES-GCM alone on the same "
+        "ciphertexts with the same key (aim ≤ 2x); the same for sealing",
+        in_process=InProcess("bench.crypto"),
+    )
+)
+
+register(
+    Scenario(
+        name="reencrypt",
+        description="in-process against the run's PostgreSQL: a clinic of its own with 2,000 "
+        "patients (a record and a prescription each), its field key rotated, then "
+        "`keys reencrypt`'s maintenance.reencrypt with batch 200 and 1000: rows per second",
+        in_process=InProcess("bench.reencrypt", timeout_seconds=1200.0),
     )
 )

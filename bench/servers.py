@@ -1,5 +1,5 @@
-"""The two servers under load, as subprocesses: started, probed, measured, stopped; and
-the clinicguard commands that prepare the database.
+"""The two servers under load, as subprocesses: started, probed, measured, stopped; the
+clinicguard commands that prepare the database; and the processes of in-process scenarios.
 
 Each runs in its own session (process group), so the harness can account for the CPU of
 the supervisor and all its workers, and, should SIGTERM not end them in time, kill exactly
@@ -197,6 +197,58 @@ async def run_clinicguard(args: Sequence[str], env: Mapping[str, str]) -> str:
             f"{text[-_LOG_TAIL_CHARS:]}"
         )
     return output.decode(errors="replace")
+
+
+async def run_bench_module(
+    module: str, stdin: str, env: Mapping[str, str], limit_seconds: float
+) -> str:
+    """``python -m <module>`` (an in-process scenario, bench/inprocess.py) with the given
+    CLINICGUARD_* environment and ``stdin``; its stderr is relayed line by line to ours as it
+    comes; return the last line it printed on stdout. Raise ProcessFailed when it exits
+    non-zero or prints nothing (it is killed after ``limit_seconds``)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        cwd=PROJECT_ROOT,
+        env={**_inherited_env(), **env},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        limit=4 << 20,
+    )
+    if process.stdin is None or process.stdout is None or process.stderr is None:
+        raise RuntimeError(f"{module}: the pipes are missing")
+    messages: list[str] = []
+
+    async def relay(stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            text = line.decode(errors="replace").rstrip()
+            messages.append(text)
+            print(text, file=sys.stderr, flush=True)
+
+    relaying = asyncio.create_task(relay(process.stderr))
+    try:
+        async with asyncio.timeout(limit_seconds):
+            process.stdin.write(stdin.encode() + b"\n")
+            await process.stdin.drain()
+            process.stdin.close()
+            output = await process.stdout.read()
+            await process.wait()
+            await relaying
+    except TimeoutError as exc:
+        raise ProcessFailed(f"{module} did not finish within {limit_seconds:.0f} s") from exc
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        relaying.cancel()
+    lines = output.decode(errors="replace").strip().splitlines()
+    if process.returncode != 0 or not lines:
+        tail = "\n".join(messages)[-_LOG_TAIL_CHARS:]
+        raise ProcessFailed(f"{module} exited with status {process.returncode}:\n{tail}")
+    return lines[-1]
 
 
 def start_clinicguard(workers: int, env: Mapping[str, str], log_dir: Path) -> Server:

@@ -1,9 +1,12 @@
-"""The benchmark's own PostgreSQL database and Redis database, made and removed per run.
+"""The benchmark's own PostgreSQL databases and Redis database, made and removed per run.
 
 As in tests/services.py: a fresh database owned by ``cg_bench_owner`` (which runs the
 migrations) and an application role ``cg_bench_app`` that owns no tables, is not a
 superuser and has no BYPASSRLS, so both servers connect as production would. Next to
-clinicguard's schema, a ``bench`` schema holds the bare app's tables. Redis: one
+clinicguard's schema, a ``bench`` schema holds the bare app's tables. The patients' key
+vault (``CLINICGUARD_KEY_VAULT_URL``) gets a database of its own, ``<name>_vault``, owned
+by a role of its own ``cg_bench_vault`` (the vault creates its one table on first use), as
+production requires: a database apart from the clinical one, not SQLite. Redis: one
 database (14 by default), flushed at the start and the end.
 
 Override the servers with ``CLINICGUARD_BENCH_DATABASE_URL`` (a superuser's URL; the
@@ -26,6 +29,8 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("CLINICGUARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 OWNER_ROLE = "cg_bench_owner"
 APP_ROLE = "cg_bench_app"
+VAULT_ROLE = "cg_bench_vault"
+"""Owns the key vault's database (the servers connect to the vault as this role)."""
 CONNECT_TIMEOUT_SECONDS = 5
 BENCH_RECORDS = 1000
 """Rows in bench.records (the bare app's primary-key reads)."""
@@ -105,10 +110,13 @@ class BenchDatabase:
 
     name: str
 
-    def url(self, role: str, driver: str = "postgresql+asyncpg") -> str:
+    def url(
+        self, role: str, driver: str = "postgresql+asyncpg", database: str | None = None
+    ) -> str:
+        """``role``'s URL of the run's database (or of ``database``, e.g. the vault's)."""
         return (
             make_url(PG_ADMIN_URL)
-            .set(drivername=driver, username=role, password=None, database=self.name)
+            .set(drivername=driver, username=role, password=None, database=database or self.name)
             .render_as_string(hide_password=False)
         )
 
@@ -121,6 +129,15 @@ class BenchDatabase:
     def owner_url(self) -> str:
         """The schema owner (migrations only)."""
         return self.url(OWNER_ROLE)
+
+    @property
+    def vault_name(self) -> str:
+        return f"{self.name}_vault"
+
+    @property
+    def vault_url(self) -> str:
+        """The patients' key vault: a database of its own, as its own role."""
+        return self.url(VAULT_ROLE, database=self.vault_name)
 
 
 def _admin_dsn() -> str:
@@ -137,6 +154,7 @@ def create_database() -> BenchDatabase:
         for role, options in (
             (OWNER_ROLE, "NOSUPERUSER NOCREATEROLE"),
             (APP_ROLE, "NOSUPERUSER NOCREATEROLE NOBYPASSRLS"),
+            (VAULT_ROLE, "NOSUPERUSER NOCREATEROLE NOBYPASSRLS"),
         ):
             exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             if not exists:
@@ -144,7 +162,10 @@ def create_database() -> BenchDatabase:
         admin.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE}')
         admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
         admin.execute(f'GRANT CONNECT ON DATABASE "{name}" TO {APP_ROLE}')
-    return BenchDatabase(name)
+        db = BenchDatabase(name)
+        admin.execute(f'CREATE DATABASE "{db.vault_name}" OWNER {VAULT_ROLE}')
+        admin.execute(f'REVOKE ALL ON DATABASE "{db.vault_name}" FROM PUBLIC')
+    return db
 
 
 def max_connections() -> int:
@@ -157,11 +178,13 @@ def max_connections() -> int:
 
 
 def drop_database(db: BenchDatabase) -> None:
-    """Drop the run's database, closing any connection still open to it."""
+    """Drop the run's databases (clinical and key vault), closing any connection still open
+    to them."""
     with psycopg.connect(
         _admin_dsn(), autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
     ) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        admin.execute(f'DROP DATABASE IF EXISTS "{db.vault_name}" WITH (FORCE)')
 
 
 @dataclass(frozen=True)

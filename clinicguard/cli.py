@@ -229,7 +229,7 @@ def _run_with_services(
         details = "".join(f"\n  {e.field}: {e.message}" for e in exc.errors)
         out.print(f"[red]{escape(exc.detail + details)}[/red]")
         raise typer.Exit(1) from exc
-    except ValueError as exc:  # configuration (e.g. a master key that is not 32 bytes)
+    except (ValueError, ConfigurationError) as exc:  # e.g. a bad master key or KEK file
         out.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
 

@@ -151,10 +151,13 @@ async def _reencrypt_table(  # noqa: PLR0917 (one pass's whole state)
                     getattr(model, name).is_(None) if blob is None else getattr(model, name) == blob
                     for name, blob in old.items()
                 ]
+                # Re-encryption is not a change of the record: updated_at stays (the
+                # model's onupdate would stamp it, and optimistic checks would then fail).
+                unchanged = {"updated_at": model.updated_at} if hasattr(model, "updated_at") else {}
                 result = await session.execute(
                     update(model)
                     .where(model.clinic_id == clinic_id, model.id == row.id, and_(*guard))
-                    .values(**probe.changes)
+                    .values(**probe.changes, **unchanged)
                     .execution_options(synchronize_session=False)
                 )
                 if result.rowcount:  # type: ignore[attr-defined]

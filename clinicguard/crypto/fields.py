@@ -4,8 +4,9 @@ Format version 1 (bytes)::
 
     0x01 | key kind (1) | key version (4, big-endian) | nonce (12) | ciphertext + tag (16)
 
-``key kind`` says which key sealed it: the clinic's data key (``CLINIC``) or the patient's
-own key (``SUBJECT``, for highly sensitive data that crypto-shredding must reach). The
+``key kind`` says which key sealed it: the clinic's data key (``CLINIC``, with its version)
+or the patient's own key (``SUBJECT``, with its generation: a new one after a shredding),
+for highly sensitive data that crypto-shredding must reach. The
 associated data is the header plus the value's place — clinic, table, column and row id —
 so a ciphertext copied to another row, column or clinic does not open, and a header edited
 to name another key does not either.

@@ -48,8 +48,8 @@ class FieldEncryption:
             return None
         data = value.encode() if isinstance(value, str) else value
         if subject is not None:
-            key = await self.vault.key(place.clinic_id, subject, create=True)
-            return fields.encrypt(key, Header(KeyKind.SUBJECT, 1), place, data)
+            generation, key = await self.vault.current(place.clinic_id, subject)
+            return fields.encrypt(key, Header(KeyKind.SUBJECT, generation), place, data)
         version, key = await self.ring.active(place.clinic_id, FIELD)
         blob = fields.encrypt(key, Header(KeyKind.CLINIC, version), place, data)
         await self.ring.count(place.clinic_id, version)
@@ -115,7 +115,7 @@ class FieldEncryption:
             if subject is None:
                 raise DecryptionFailed()
             try:
-                return await self.vault.key(clinic_id, subject, create=False)
+                return await self.vault.key(clinic_id, subject, version)
             except SubjectKeyDestroyed:
                 return None
         return await self.ring.key(clinic_id, FIELD, version)

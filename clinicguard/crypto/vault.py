@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -46,6 +47,7 @@ subject_keys = Table(
     metadata,
     Column("clinic_id", Uuid(), primary_key=True),
     Column("subject_id", Uuid(), primary_key=True),
+    Column("generation", Integer(), primary_key=True),
     Column("dek_version", Integer(), nullable=False),
     Column("wrapped", LargeBinary(), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -59,8 +61,10 @@ class SubjectKeyDestroyed(Exception):
     """The patient's key was destroyed (crypto-shredded): their values are gone."""
 
 
-def _context(clinic_id: uuid.UUID, subject_id: uuid.UUID, dek_version: int) -> bytes:
-    return f"subject-key|{clinic_id}|{subject_id}|{dek_version}".encode()
+def _context(
+    clinic_id: uuid.UUID, subject_id: uuid.UUID, generation: int, dek_version: int
+) -> bytes:
+    return f"subject-key|{clinic_id}|{subject_id}|{generation}|{dek_version}".encode()
 
 
 class SubjectKeyVault:
@@ -68,7 +72,9 @@ class SubjectKeyVault:
         self.db = db
         self._ring = ring
         self._clock = clock
-        self._cache: OrderedDict[tuple[uuid.UUID, uuid.UUID], tuple[float, bytes]] = OrderedDict()
+        self._cache: OrderedDict[tuple[uuid.UUID, uuid.UUID, int], tuple[float, bytes]] = (
+            OrderedDict()
+        )
         self._created = False
         self._create_lock = asyncio.Lock()
 
@@ -86,74 +92,89 @@ class SubjectKeyVault:
                     await conn.run_sync(metadata.create_all)
                 self._created = True
 
-    def _remember(self, clinic_id: uuid.UUID, subject_id: uuid.UUID, key: bytes) -> None:
-        self._cache[(clinic_id, subject_id)] = (time.monotonic() + CACHE_SECONDS, key)
-        self._cache.move_to_end((clinic_id, subject_id))
+    def _remember(self, where: tuple[uuid.UUID, uuid.UUID, int], key: bytes) -> None:
+        self._cache[where] = (time.monotonic() + CACHE_SECONDS, key)
+        self._cache.move_to_end(where)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    async def key(self, clinic_id: uuid.UUID, subject_id: uuid.UUID, *, create: bool) -> bytes:
-        """The patient's key (created when ``create`` and absent). SubjectKeyDestroyed
-        after shredding (``create`` makes a new key then: new values after an erasure);
-        DecryptionFailed when it is missing or does not unwrap."""
-        cached = self._cache.get((clinic_id, subject_id))
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+    async def _rows(self, clinic_id: uuid.UUID, subject_id: uuid.UUID) -> list[Any]:
         await self._ready()
         async with self.db.transaction() as session:
-            row = (
-                await session.execute(
-                    select(subject_keys).where(
-                        subject_keys.c.clinic_id == clinic_id,
-                        subject_keys.c.subject_id == subject_id,
-                    )
+            result = await session.execute(
+                select(subject_keys)
+                .where(
+                    subject_keys.c.clinic_id == clinic_id,
+                    subject_keys.c.subject_id == subject_id,
                 )
-            ).first()
-        if row is not None and row.wrapped is not None:
-            dek = await self._ring.key(clinic_id, FIELD, row.dek_version)
-            key = open_sealed(dek, row.wrapped, _context(clinic_id, subject_id, row.dek_version))
-            self._remember(clinic_id, subject_id, key)
-            return key
-        if not create:
-            raise SubjectKeyDestroyed() if row is not None else DecryptionFailed()
-        return await self._create(clinic_id, subject_id, replace=row is not None)
+                .order_by(subject_keys.c.generation)
+            )
+            return list(result.all())
 
-    async def _create(self, clinic_id: uuid.UUID, subject_id: uuid.UUID, *, replace: bool) -> bytes:
+    async def _open(self, row: Any) -> bytes:
+        dek = await self._ring.key(row.clinic_id, FIELD, row.dek_version)
+        context = _context(row.clinic_id, row.subject_id, row.generation, row.dek_version)
+        key = open_sealed(dek, row.wrapped, context)
+        self._remember((row.clinic_id, row.subject_id, row.generation), key)
+        return key
+
+    async def key(self, clinic_id: uuid.UUID, subject_id: uuid.UUID, generation: int) -> bytes:
+        """The patient's key of that generation (values name it in their header).
+        SubjectKeyDestroyed after shredding; DecryptionFailed when it is missing (a lost
+        vault, or a forged header) or does not unwrap."""
+        cached = self._cache.get((clinic_id, subject_id, generation))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        row = next(
+            (r for r in await self._rows(clinic_id, subject_id) if r.generation == generation),
+            None,
+        )
+        if row is None:
+            raise DecryptionFailed()
+        if row.wrapped is None:
+            raise SubjectKeyDestroyed()
+        return await self._open(row)
+
+    async def current(self, clinic_id: uuid.UUID, subject_id: uuid.UUID) -> tuple[int, bytes]:
+        """The generation and key new values of the patient are sealed with: the newest
+        live key, or a new generation when there is none (first write, or the first write
+        after a shredding — the erased values keep naming their destroyed generation)."""
+        rows = await self._rows(clinic_id, subject_id)
+        if rows and rows[-1].wrapped is not None:
+            newest = rows[-1]
+            cached = self._cache.get((clinic_id, subject_id, newest.generation))
+            if cached is not None and cached[0] > time.monotonic():
+                return newest.generation, cached[1]
+            return newest.generation, await self._open(newest)
+        generation = rows[-1].generation + 1 if rows else 1
         version, dek = await self._ring.active(clinic_id, FIELD)
         key = os.urandom(KEY_BYTES)
-        values = {
-            "dek_version": version,
-            "wrapped": seal(dek, key, _context(clinic_id, subject_id, version)),
-            "created_at": self._clock.now(),
-            "destroyed_at": None,
-        }
         try:
             async with self.db.transaction() as session:
-                if replace:
-                    await session.execute(
-                        update(subject_keys)
-                        .where(
-                            subject_keys.c.clinic_id == clinic_id,
-                            subject_keys.c.subject_id == subject_id,
-                            subject_keys.c.wrapped.is_(None),
-                        )
-                        .values(**values)
+                await session.execute(
+                    insert(subject_keys).values(
+                        clinic_id=clinic_id,
+                        subject_id=subject_id,
+                        generation=generation,
+                        dek_version=version,
+                        wrapped=seal(
+                            dek, key, _context(clinic_id, subject_id, generation, version)
+                        ),
+                        created_at=self._clock.now(),
+                        destroyed_at=None,
                     )
-                else:
-                    await session.execute(
-                        insert(subject_keys).values(
-                            clinic_id=clinic_id, subject_id=subject_id, **values
-                        )
-                    )
+                )
         except IntegrityError:
-            # Created by a concurrent request first: use that one.
-            return await self.key(clinic_id, subject_id, create=False)
-        return await self.key(clinic_id, subject_id, create=False)
+            # A concurrent request created this generation first: use that one.
+            return await self.current(clinic_id, subject_id)
+        self._remember((clinic_id, subject_id, generation), key)
+        return generation, key
 
     async def destroy(self, clinic_id: uuid.UUID, subject_id: uuid.UUID) -> bool:
-        """Crypto-shred: the wrapped key is erased and a tombstone kept. True when a key
-        existed."""
-        self._cache.pop((clinic_id, subject_id), None)
+        """Crypto-shred: every live key of the patient is erased and a tombstone kept.
+        True when a key existed."""
+        for where in [w for w in self._cache if w[:2] == (clinic_id, subject_id)]:
+            self._cache.pop(where, None)
         await self._ready()
         async with self.db.transaction() as session:
             result = await session.execute(
@@ -185,18 +206,21 @@ class SubjectKeyVault:
             ).all()
             for row in rows:
                 old = await self._ring.key(clinic_id, FIELD, row.dek_version)
+                gen = row.generation
                 key = open_sealed(
-                    old, row.wrapped, _context(clinic_id, row.subject_id, row.dek_version)
+                    old, row.wrapped, _context(clinic_id, row.subject_id, gen, row.dek_version)
                 )
                 await session.execute(
                     update(subject_keys)
                     .where(
                         subject_keys.c.clinic_id == clinic_id,
                         subject_keys.c.subject_id == row.subject_id,
+                        subject_keys.c.generation == gen,
+                        subject_keys.c.wrapped == row.wrapped,
                     )
                     .values(
                         dek_version=version,
-                        wrapped=seal(dek, key, _context(clinic_id, row.subject_id, version)),
+                        wrapped=seal(dek, key, _context(clinic_id, row.subject_id, gen, version)),
                     )
                 )
                 moved += 1

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from clinicguard.migrations.schema import metadata
 
@@ -26,8 +28,25 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
+def _transactional_sqlite_ddl(engine: AsyncEngine) -> None:
+    """Python's sqlite3 opens transactions only before DML, so DDL would commit as it runs
+    and a failed migration would leave half a schema change. Take over: no implicit
+    transactions, and an explicit BEGIN for each of SQLAlchemy's (SQLAlchemy's documented
+    recipe for pysqlite)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _no_implicit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
 async def _run_async(url: str) -> None:
     engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":
+        _transactional_sqlite_ddl(engine)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -14,6 +14,7 @@ Revises: 0003
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Any
 
@@ -93,6 +94,16 @@ class _Keys:
         return self.keys[(clinic_id, purpose)]
 
 
+_UUIDS = ("c", "clinic", "row")
+
+
+def _sql(statement: str) -> sa.TextClause:
+    """Raw SQL whose uuid parameters bind as the column type on every backend."""
+    clause = sa.text(statement)
+    names = [n for n in _UUIDS if re.search(rf":{n}\b", statement)]
+    return clause.bindparams(*(sa.bindparam(n, type_=sa.Uuid()) for n in names))
+
+
 def _scope(bind: sa.engine.Connection, clinic_id: uuid.UUID) -> None:
     if bind.dialect.name == "postgresql":
         bind.execute(
@@ -103,26 +114,22 @@ def _scope(bind: sa.engine.Connection, clinic_id: uuid.UUID) -> None:
         )
 
 
-def _encrypt_existing(bind: sa.engine.Connection) -> None:
+def _clinics_with_data(bind: sa.engine.Connection) -> list[uuid.UUID]:
     clinics = [_uuid(c) for c in bind.execute(sa.text("SELECT id FROM clinics")).scalars()]
     pending = []
     for clinic_id in clinics:
         _scope(bind, clinic_id)
         for table in COLUMNS:
             count = bind.execute(
-                sa.text(f"SELECT count(*) FROM {table} WHERE clinic_id = :c"), {"c": clinic_id}
+                _sql(f"SELECT count(*) FROM {table} WHERE clinic_id = :c"), {"c": clinic_id}
             ).scalar()
             if count:
                 pending.append(clinic_id)
                 break
-    if not pending:
-        return
-    provider = key_provider()
-    if provider is None:
-        raise RuntimeError(
-            "patient data exists and must be encrypted: run `clinicguard migrate` with "
-            "CLINICGUARD_MASTER_KEY (and the configured key provider) set"
-        )
+    return pending
+
+
+def _encrypt_existing(bind: sa.engine.Connection, pending: list[uuid.UUID], provider: Any) -> None:
     keys = _Keys(bind, provider)
     for clinic_id in pending:
         _scope(bind, clinic_id)
@@ -132,7 +139,7 @@ def _encrypt_existing(bind: sa.engine.Connection) -> None:
         for table, columns in COLUMNS.items():
             names = ", ".join(f"{c}_plain" for c in columns)
             rows = bind.execute(
-                sa.text(f"SELECT id, {names} FROM {table} WHERE clinic_id = :c"), {"c": clinic_id}
+                _sql(f"SELECT id, {names} FROM {table} WHERE clinic_id = :c"), {"c": clinic_id}
             ).all()
             for row in rows:
                 row_id = _uuid(row[0])
@@ -158,7 +165,7 @@ def _encrypt_existing(bind: sa.engine.Connection) -> None:
                     )
                 assignments = ", ".join(f"{name} = :{name}" for name in values)
                 bind.execute(
-                    sa.text(
+                    _sql(
                         f"UPDATE {table} SET {assignments} WHERE clinic_id = :clinic AND id = :row"
                     ).bindparams(
                         *(sa.bindparam(n, type_=sa.LargeBinary()) for n in columns),
@@ -177,6 +184,15 @@ def _encrypt_existing(bind: sa.engine.Connection) -> None:
 
 
 def upgrade() -> None:
+    bind = op.get_bind()
+    # Refuse before any change: existing values must be encrypted, never dropped or kept.
+    pending = _clinics_with_data(bind)
+    provider = key_provider() if pending else None
+    if pending and provider is None:
+        raise RuntimeError(
+            "patient data exists and must be encrypted: run `clinicguard migrate` with "
+            "CLINICGUARD_MASTER_KEY (and the configured key provider) set"
+        )
     op.create_table(
         "data_keys",
         sa.Column("clinic_id", sa.Uuid(), nullable=False),
@@ -197,7 +213,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("clinic_id", "purpose", "version", name=op.f("pk_data_keys")),
     )
     grant_app_access(["data_keys"], ("SELECT", "INSERT", "UPDATE"))
-    bind = op.get_bind()
     if bind.dialect.name == "postgresql":
         op.execute("ALTER TABLE data_keys ENABLE ROW LEVEL SECURITY")
         op.execute("ALTER TABLE data_keys FORCE ROW LEVEL SECURITY")
@@ -223,7 +238,8 @@ def upgrade() -> None:
             if table == "patients":
                 batch_op.add_column(sa.Column("cpf_index", sa.String(length=48), nullable=True))
                 batch_op.add_column(sa.Column("email_index", sa.String(length=48), nullable=True))
-    _encrypt_existing(bind)
+    if pending:
+        _encrypt_existing(bind, pending, provider)
     for table, columns in COLUMNS.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
             for column, nullable in columns.items():
