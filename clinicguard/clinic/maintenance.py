@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Uuid, bindparam, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from clinicguard.clinic.models import (
@@ -129,6 +129,7 @@ async def _reencrypt_table(  # noqa: PLR0917 (one pass's whole state)
 ) -> None:
     clinic_id = target.clinic_id
     columns = list(ENCRYPTED[table])
+    statement = _rewrite(model, table)
     after: uuid.UUID | None = None
     while True:
         async with db.transaction(TenantContext.system(clinic_id)) as session:
@@ -147,18 +148,10 @@ async def _reencrypt_table(  # noqa: PLR0917 (one pass's whole state)
                 plain = await open_from(fields, table, row, columns)
                 probe = _Row(row)
                 await seal_into(fields, table, probe, plain)
-                guard = [
-                    getattr(model, name).is_(None) if blob is None else getattr(model, name) == blob
-                    for name, blob in old.items()
-                ]
-                # Re-encryption is not a change of the record: updated_at stays (the
-                # model's onupdate would stamp it, and optimistic checks would then fail).
-                unchanged = {"updated_at": model.updated_at} if hasattr(model, "updated_at") else {}
+                params = {f"new_{name}": value for name, value in probe.changes.items()}
+                params |= {f"old_{name}": blob for name, blob in old.items()}
                 result = await session.execute(
-                    update(model)
-                    .where(model.clinic_id == clinic_id, model.id == row.id, and_(*guard))
-                    .values(**probe.changes, **unchanged)
-                    .execution_options(synchronize_session=False)
+                    statement, {"w_clinic": clinic_id, "w_id": row.id, **params}
                 )
                 if result.rowcount:  # type: ignore[attr-defined]
                     report.rewritten += 1
@@ -167,6 +160,35 @@ async def _reencrypt_table(  # noqa: PLR0917 (one pass's whole state)
                     report.skipped_changed += 1
         if progress is not None:
             progress(len(rows))
+
+
+def _rewrite(model: Any, table: str) -> Any:
+    """One UPDATE per table, built once (compiled once) and run per row: the new
+    ciphertexts and blind indexes, only where every old ciphertext is still in place
+    (compare-and-set). ``updated_at`` is kept: re-encryption is not a change of the record
+    (the model's onupdate would stamp it, and optimistic checks would then fail)."""
+    written = list(ENCRYPTED[table]) + (["cpf_index", "email_index"] if table == "patients" else [])
+    guard = [
+        getattr(model, name).is_not_distinct_from(
+            bindparam(f"old_{name}", type_=getattr(model, name).type)
+        )
+        for name in ENCRYPTED[table]
+    ]
+    values: dict[str, Any] = {
+        name: bindparam(f"new_{name}", type_=getattr(model, name).type) for name in written
+    }
+    if hasattr(model, "updated_at"):
+        values["updated_at"] = model.updated_at
+    return (
+        update(model)
+        .where(
+            model.clinic_id == bindparam("w_clinic", type_=Uuid()),
+            model.id == bindparam("w_id", type_=Uuid()),
+            *guard,
+        )
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 class _Row:
