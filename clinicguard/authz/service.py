@@ -136,14 +136,12 @@ class Authorizer:
         details: Mapping[str, DetailValue],
     ) -> None:
         await self._events.record(
-            SecurityEvent(
-                type=kind,
-                outcome=outcome,
-                severity=severity,
-                user_id=principal.user_id,
-                clinic_id=principal.clinic_id,
-                session_id=principal.session_id,
-                details={k: v for k, v in details.items() if v is not None},
+            SecurityEvent.by(
+                principal,
+                kind,
+                outcome,
+                severity,
+                {k: v for k, v in details.items() if v is not None},
             )
         )
 

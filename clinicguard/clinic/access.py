@@ -88,9 +88,6 @@ class ClinicHoursCache:
         self._entries[clinic_id] = (time.monotonic() + HOURS_CACHE_SECONDS, hours)
         return hours
 
-    def forget(self, clinic_id: uuid.UUID) -> None:
-        self._entries.pop(clinic_id, None)
-
 
 def is_patient(principal: Principal) -> bool:
     return principal.role is Role.PATIENT

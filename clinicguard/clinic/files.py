@@ -145,18 +145,12 @@ class PatientFileService:
 
     async def _signal(self, principal: Principal, patient_id: uuid.UUID, signal: str) -> None:
         await self._events.record(
-            SecurityEvent(
-                type=SecurityEventType.INPUT_ATTACK_SUSPECTED,
-                outcome=Outcome.DENIED,
-                severity=Severity.MEDIUM,
-                user_id=principal.user_id,
-                clinic_id=principal.clinic_id,
-                session_id=principal.session_id,
-                details={
-                    "detectors": f"upload.{signal}",
-                    "where": "file",
-                    "patient_id": str(patient_id),
-                },
+            SecurityEvent.by(
+                principal,
+                SecurityEventType.INPUT_ATTACK_SUSPECTED,
+                Outcome.DENIED,
+                Severity.MEDIUM,
+                {"detectors": f"upload.{signal}", "where": "file", "patient_id": str(patient_id)},
             )
         )
 

@@ -457,14 +457,12 @@ class ClinicDataService:
             )
             session.add(grant)
         await self._events.record(
-            SecurityEvent(
-                type=SecurityEventType.AUTHZ_EMERGENCY_GRANTED,
-                outcome=Outcome.SUCCESS,
-                severity=Severity.HIGH,
-                user_id=principal.user_id,
-                clinic_id=principal.clinic_id,
-                session_id=principal.session_id,
-                details={
+            SecurityEvent.by(
+                principal,
+                SecurityEventType.AUTHZ_EMERGENCY_GRANTED,
+                Outcome.SUCCESS,
+                Severity.HIGH,
+                {
                     "grant_id": str(grant.id),
                     "patient_id": str(patient_id),
                     "expires_at": grant.expires_at.isoformat(),

@@ -205,13 +205,5 @@ class StaffService:
         details: dict[str, str | bool],
     ) -> None:
         await self._events.record(
-            SecurityEvent(
-                type=kind,
-                outcome=Outcome.SUCCESS,
-                severity=Severity.MEDIUM,
-                user_id=principal.user_id,
-                clinic_id=principal.clinic_id,
-                session_id=principal.session_id,
-                details=details,
-            )
+            SecurityEvent.by(principal, kind, Outcome.SUCCESS, Severity.MEDIUM, details)
         )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from clinicguard.core.principal import Principal
+
 DetailValue = str | int | float | bool | None
 
 
@@ -82,6 +84,26 @@ class SecurityEvent:
     clinic_id: uuid.UUID | None = None
     session_id: str | None = None
     details: Mapping[str, DetailValue] = field(default_factory=dict)
+
+    @classmethod
+    def by(
+        cls,
+        principal: Principal,
+        type: SecurityEventType,
+        outcome: Outcome,
+        severity: Severity,
+        details: Mapping[str, DetailValue],
+    ) -> SecurityEvent:
+        """An event of what ``principal`` did, in their clinic and session."""
+        return cls(
+            type=type,
+            outcome=outcome,
+            severity=severity,
+            user_id=principal.user_id,
+            clinic_id=principal.clinic_id,
+            session_id=principal.session_id,
+            details=details,
+        )
 
 
 class SecurityEventSink(Protocol):

@@ -66,16 +66,6 @@ class FieldEncryption:
         value = opened[place.column]
         return value if value is None or isinstance(value, str) else None
 
-    async def open_bytes(
-        self, place: Place, blob: bytes | None, *, subject: uuid.UUID | None = None
-    ) -> bytes | None:
-        """:meth:`open` for binary values (files)."""
-        opened = await self.open_row(
-            place.clinic_id, place.table, place.row_id, {place.column: (blob, subject, True)}
-        )
-        value = opened[place.column]
-        return value if value is None or isinstance(value, bytes) else None
-
     async def open_row(
         self,
         clinic_id: uuid.UUID,

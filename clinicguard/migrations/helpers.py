@@ -9,7 +9,7 @@ needs, table by table.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from alembic import context, op
 from sqlalchemy import text
@@ -65,3 +65,46 @@ def grant_app_access(tables: Iterable[str], privileges: Iterable[str] = READ_WRI
     op.execute(f"GRANT USAGE ON SCHEMA public TO {_quote(role)}")
     for table in tables:
         op.execute(f"GRANT {privs} ON TABLE {_quote(table)} TO {_quote(role)}")
+
+
+class Policy(NamedTuple):
+    """A table's row-level security, one policy per command."""
+
+    read: str
+    """Which rows SELECT (and UPDATE/DELETE) can see."""
+    write: str
+    """Which rows INSERT and UPDATE may leave behind (and DELETE may remove)."""
+    deletable: bool = True
+    """False: append-only for the application (no DELETE policy: deletes touch no row)."""
+    update: str | None = None
+    """Which rows UPDATE may change and leave behind, when narrower than ``write``."""
+
+
+POLICY_COMMANDS = ("read", "insert", "update", "delete")
+
+
+def create_policies(table: str, policy: Policy) -> None:
+    """Enable and force row-level security on ``table`` with ``<table>_<command>``
+    policies (PostgreSQL only; callers check the dialect)."""
+    op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+    op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+    op.execute(f"CREATE POLICY {table}_read ON {table} FOR SELECT USING ({policy.read})")
+    op.execute(f"CREATE POLICY {table}_insert ON {table} FOR INSERT WITH CHECK ({policy.write})")
+    update = policy.update or policy.write
+    op.execute(
+        f"CREATE POLICY {table}_update ON {table} FOR UPDATE"
+        f" USING (({policy.read}) AND ({update})) WITH CHECK ({update})"
+    )
+    if policy.deletable:
+        op.execute(
+            f"CREATE POLICY {table}_delete ON {table} FOR DELETE"
+            f" USING (({policy.read}) AND ({policy.write}))"
+        )
+
+
+def drop_policies(table: str) -> None:
+    """Inverse of :func:`create_policies`."""
+    for command in POLICY_COMMANDS:
+        op.execute(f"DROP POLICY IF EXISTS {table}_{command} ON {table}")
+    op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
+    op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")

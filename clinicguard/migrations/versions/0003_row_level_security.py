@@ -23,13 +23,16 @@ Revises: 0002
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import sqlalchemy as sa
 from alembic import op
 
 import clinicguard.store.base
-from clinicguard.migrations.helpers import grant_app_access
+from clinicguard.migrations.helpers import (
+    Policy,
+    create_policies,
+    drop_policies,
+    grant_app_access,
+)
 
 revision = "0003"
 down_revision = "0002"
@@ -116,17 +119,6 @@ def _clinical_write(author: str, writers: str) -> str:
     )
 
 
-class Policy(NamedTuple):
-    read: str
-    """Which rows SELECT (and UPDATE/DELETE) can see."""
-    write: str
-    """Which rows INSERT and UPDATE may leave behind (and DELETE may remove)."""
-    deletable: bool = True
-    """False: append-only for the application (no DELETE policy: deletes touch no row)."""
-    update: str | None = None
-    """Which rows UPDATE may change and leave behind, when narrower than ``write``."""
-
-
 POLICIES: dict[str, Policy] = {
     "patients": Policy(
         f"{CLINIC} AND ({STAFF} OR (cg_role() = 'patient' AND user_id = cg_user_id()))",
@@ -181,23 +173,6 @@ POLICIES: dict[str, Policy] = {
 }
 
 
-def _create_policies(table: str, policy: Policy) -> None:
-    op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-    op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-    op.execute(f"CREATE POLICY {table}_read ON {table} FOR SELECT USING ({policy.read})")
-    op.execute(f"CREATE POLICY {table}_insert ON {table} FOR INSERT WITH CHECK ({policy.write})")
-    update = policy.update or policy.write
-    op.execute(
-        f"CREATE POLICY {table}_update ON {table} FOR UPDATE"
-        f" USING (({policy.read}) AND ({update})) WITH CHECK ({update})"
-    )
-    if policy.deletable:
-        op.execute(
-            f"CREATE POLICY {table}_delete ON {table} FOR DELETE"
-            f" USING (({policy.read}) AND ({policy.write}))"
-        )
-
-
 def upgrade() -> None:
     op.create_table(
         "emergency_grants",
@@ -249,16 +224,13 @@ def upgrade() -> None:
         op.execute(f"CREATE FUNCTION {name}() {body}")
     op.execute(CLINICAL_ACCESS)
     for table, policy in POLICIES.items():
-        _create_policies(table, policy)
+        create_policies(table, policy)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table in POLICIES:
-            for command in ("read", "insert", "update", "delete"):
-                op.execute(f"DROP POLICY IF EXISTS {table}_{command} ON {table}")
-            op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
-            op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+            drop_policies(table)
     with op.batch_alter_table("emergency_grants", schema=None) as batch_op:
         batch_op.drop_index("ix_emergency_grants_clinic_id_patient_id_grantee_id")
         batch_op.drop_index("ix_emergency_grants_clinic_id_granted_at")

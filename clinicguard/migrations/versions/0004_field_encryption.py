@@ -27,7 +27,13 @@ from clinicguard.crypto import fields
 from clinicguard.crypto.fields import Header, KeyKind, Place
 from clinicguard.crypto.secretbox import KEY_BYTES
 from clinicguard.crypto.service import blind_index_digest
-from clinicguard.migrations.helpers import grant_app_access, key_provider
+from clinicguard.migrations.helpers import (
+    Policy,
+    create_policies,
+    drop_policies,
+    grant_app_access,
+    key_provider,
+)
 
 revision = "0004"
 down_revision = "0003"
@@ -214,16 +220,7 @@ def upgrade() -> None:
     )
     grant_app_access(["data_keys"], ("SELECT", "INSERT", "UPDATE"))
     if bind.dialect.name == "postgresql":
-        op.execute("ALTER TABLE data_keys ENABLE ROW LEVEL SECURITY")
-        op.execute("ALTER TABLE data_keys FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY data_keys_read ON data_keys FOR SELECT USING ({MAINTENANCE})")
-        op.execute(
-            f"CREATE POLICY data_keys_insert ON data_keys FOR INSERT WITH CHECK ({MAINTENANCE})"
-        )
-        op.execute(
-            f"CREATE POLICY data_keys_update ON data_keys FOR UPDATE USING ({MAINTENANCE})"
-            f" WITH CHECK ({MAINTENANCE})"
-        )
+        create_policies("data_keys", Policy(MAINTENANCE, MAINTENANCE, deletable=False))
 
     # Old columns move aside, ciphertext columns take their names.
     with op.batch_alter_table("patients", schema=None) as batch_op:
@@ -291,6 +288,5 @@ def downgrade() -> None:
     with op.batch_alter_table("patients", schema=None) as batch_op:
         batch_op.create_unique_constraint("uq_patients_clinic_id_cpf", ["clinic_id", "cpf"])
     if bind.dialect.name == "postgresql":
-        for command in ("read", "insert", "update"):
-            op.execute(f"DROP POLICY IF EXISTS data_keys_{command} ON data_keys")
+        drop_policies("data_keys")
     op.drop_table("data_keys")

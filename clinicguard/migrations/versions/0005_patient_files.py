@@ -12,7 +12,12 @@ import sqlalchemy as sa
 from alembic import op
 
 import clinicguard.store.base
-from clinicguard.migrations.helpers import grant_app_access
+from clinicguard.migrations.helpers import (
+    Policy,
+    create_policies,
+    drop_policies,
+    grant_app_access,
+)
 
 revision = "0005"
 down_revision = "0004"
@@ -72,22 +77,12 @@ def upgrade() -> None:
     grant_app_access(["patient_files"], ("SELECT", "INSERT", "UPDATE"))
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute("ALTER TABLE patient_files ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE patient_files FORCE ROW LEVEL SECURITY")
-    op.execute(f"CREATE POLICY patient_files_read ON patient_files FOR SELECT USING ({READ})")
-    op.execute(
-        f"CREATE POLICY patient_files_insert ON patient_files FOR INSERT WITH CHECK ({WRITE})"
-    )
-    op.execute(
-        f"CREATE POLICY patient_files_update ON patient_files FOR UPDATE"
-        f" USING (({READ}) AND ({MAINTENANCE})) WITH CHECK ({MAINTENANCE})"
-    )
+    create_policies("patient_files", Policy(READ, WRITE, deletable=False, update=MAINTENANCE))
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        for command in ("read", "insert", "update"):
-            op.execute(f"DROP POLICY IF EXISTS patient_files_{command} ON patient_files")
+        drop_policies("patient_files")
     with op.batch_alter_table("patient_files", schema=None) as batch_op:
         batch_op.drop_index("ix_patient_files_clinic_id_patient_id_created_at")
     op.drop_table("patient_files")
