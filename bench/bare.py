@@ -31,24 +31,34 @@ Endpoints (each scenario in :mod:`bench.scenarios` names the one it compares aga
   encrypted columns (clinicguard.clinic.models.ENCRYPTED: CPF, contact data, the clinical
   summaries) come back as ciphertext bytes, which this endpoint answers base64-encoded:
   it is the "no decryption" baseline, so the difference with clinicguard includes the
-  decryption and masking of those values (``field-crypto`` measures that part alone).
+  decryption and masking of those values (``field-crypto`` measures that part alone);
+- ``GET /patients/{clinic_id}/{id}/audited`` — the same read plus the audit write
+  clinicguard's ``AuditRecorder.record`` makes in the read's transaction, in clinicguard's
+  own tables and the clinic's own chain: the head row made if missing (``INSERT … ON
+  CONFLICT DO NOTHING``), locked (``SELECT … FOR UPDATE``), one ``audit_events`` row
+  inserted (every column, values of the same width) and the head moved on (``UPDATE``).
+  The event's hash is a cheap SHA-256 over the previous hash and the request id, not
+  clinicguard's canonical encoding (this module imports nothing of clinicguard's domain),
+  so a chain the bare app wrote to no longer verifies: the bench's database is thrown away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date, datetime
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import JSON, bindparam, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from clinicguard.settings import Settings
@@ -92,6 +102,32 @@ INSERT_EVENT = text(
     "INSERT INTO bench.events (id, occurred_at, record_id, clinic_id, actor, action)"
     " VALUES (:id, now(), :record_id, :clinic_id, :actor, :action)"
 )
+
+#: clinicguard's audit write (clinicguard.audit.recorder.AuditRecorder.record), statement
+#: for statement, in clinicguard's own tables (migrations 0006 and 0007).
+GENESIS = "0" * 64
+"""clinicguard.audit.trail.GENESIS: the previous hash of a chain's first event."""
+ENSURE_HEAD = text(
+    "INSERT INTO audit_heads (clinic_id, seq, hash, checkpoint_seq)"
+    " VALUES (:clinic_id, 0, :genesis, 0) ON CONFLICT (clinic_id) DO NOTHING"
+)
+LOCK_HEAD = text(
+    "SELECT seq, hash, checkpoint_seq, checkpoint_at FROM audit_heads"
+    " WHERE clinic_id = :clinic_id FOR UPDATE"
+)
+INSERT_AUDIT_EVENT = text(
+    "INSERT INTO audit_events (clinic_id, seq, id, occurred_at, actor_id, actor_role,"
+    " session_id, request_id, ip, user_agent, event_type, resource_type, resource_id,"
+    " patient_id, action, outcome, reason, details, risk_score, risk_level, compliance,"
+    " requires_review, prev_hash, hash)"
+    " VALUES (:clinic_id, :seq, :id, :occurred_at, :actor_id, :actor_role, :session_id,"
+    " :request_id, :ip, :user_agent, :event_type, :resource_type, :resource_id, :patient_id,"
+    " :action, :outcome, :reason, :details, :risk_score, :risk_level, :compliance,"
+    " :requires_review, :prev_hash, :hash)"
+).bindparams(bindparam("details", type_=JSON))
+"""Every column of an event, as the ORM inserts clinicguard's ``AuditEvent`` (``details`` a
+``json`` value through SQLAlchemy's JSON type, as there)."""
+MOVE_HEAD = text("UPDATE audit_heads SET seq = :seq, hash = :hash WHERE clinic_id = :clinic_id")
 
 
 class Liveness(BaseModel):
@@ -161,6 +197,58 @@ BENCH_ROLE = "physician"
 """The role the bare ``/patients/…`` names for row-level security (nobody signed in)."""
 BENCH_CLINIC_ID = uuid.UUID(int=0x00BE_0C11)
 """The clinic the bare ``/users/{id}`` answers with (clinicguard's comes from the session)."""
+BENCH_ACTOR_ID = uuid.UUID(int=0x00BE_AC70)
+"""The actor the bare audit events name (nobody signed in)."""
+BENCH_SESSION_ID = secrets.token_urlsafe(16)
+"""The session the bare audit events name (a session id's width)."""
+AUDIT_DETAILS = {"permission": "patients:read", "rule": "clinician-clinical-care-team"}
+"""What clinicguard's AccessAudit writes as a care-team read's details."""
+AUDIT_RISK = (18, "low")
+"""clinicguard.audit.trail.risk of a physician's patient read (5·1 + 4·2 + 5·1)."""
+
+
+def _patient_answer(row: Any) -> Patient:
+    return Patient.model_validate(
+        {
+            name: _ciphertext_as_text(row[name]) if name in PATIENT_CIPHERTEXT else row[name]
+            for name in PATIENT_FIELDS
+        }
+    )
+
+
+def _audit_event(
+    clinic_id: uuid.UUID, patient_id: uuid.UUID, head: Any, request: Request
+) -> dict[str, Any]:
+    """The next event of the clinic's chain after ``head``: every column of clinicguard's
+    event for this read, with a cheap hash (SHA-256 over the previous hash and the request
+    id) instead of clinicguard's canonical encoding."""
+    request_id = secrets.token_hex(16)  # clinicguard.core.ids.new_request_id
+    return {
+        "clinic_id": clinic_id,
+        "seq": head.seq + 1,
+        "id": uuid.uuid4(),
+        "occurred_at": datetime.now(UTC),
+        "actor_id": BENCH_ACTOR_ID,
+        "actor_role": BENCH_ROLE,
+        "session_id": BENCH_SESSION_ID,
+        "request_id": request_id,
+        "ip": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent", "")[:256],
+        "event_type": "clinic:patient:read",
+        "resource_type": "patient",
+        "resource_id": str(patient_id),
+        "patient_id": patient_id,
+        "action": "read",
+        "outcome": "success",
+        "reason": None,
+        "details": AUDIT_DETAILS,
+        "risk_score": AUDIT_RISK[0],
+        "risk_level": AUDIT_RISK[1],
+        "compliance": False,
+        "requires_review": False,
+        "prev_hash": head.hash,
+        "hash": hashlib.sha256(f"{head.hash}|{request_id}".encode()).hexdigest(),
+    }
 
 
 def create_app() -> FastAPI:
@@ -260,11 +348,30 @@ def create_app() -> FastAPI:
             )
         if row is None:
             raise HTTPException(status_code=404)
-        return Patient.model_validate(
-            {
-                name: _ciphertext_as_text(row[name]) if name in PATIENT_CIPHERTEXT else row[name]
-                for name in PATIENT_FIELDS
-            }
-        )
+        return _patient_answer(row)
+
+    @app.get("/patients/{clinic_id}/{patient_id}/audited", response_model=Patient)
+    async def read_patient_audited(
+        clinic_id: uuid.UUID, patient_id: uuid.UUID, request: Request
+    ) -> Patient:
+        async with sessions() as session, session.begin():
+            await session.execute(
+                SET_TENANT, {"clinic_id": str(clinic_id), "user_id": "", "role": BENCH_ROLE}
+            )
+            row = (
+                (await session.execute(SELECT_PATIENT, {"clinic_id": clinic_id, "id": patient_id}))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise HTTPException(status_code=404)
+            await session.execute(ENSURE_HEAD, {"clinic_id": clinic_id, "genesis": GENESIS})
+            head = (await session.execute(LOCK_HEAD, {"clinic_id": clinic_id})).one()
+            event = _audit_event(clinic_id, patient_id, head, request)
+            await session.execute(INSERT_AUDIT_EVENT, event)
+            await session.execute(
+                MOVE_HEAD, {"clinic_id": clinic_id, "seq": event["seq"], "hash": event["hash"]}
+            )
+        return _patient_answer(row)
 
     return app

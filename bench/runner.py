@@ -89,7 +89,7 @@ def _progress(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _bench_services() -> Iterator[services.BenchDatabase]:
+def bench_services() -> Iterator[services.BenchDatabase]:
     """The run's Redis database (flushed) and PostgreSQL database (dropped afterwards)."""
     services.flush_redis()
     db = services.create_database()
@@ -102,7 +102,7 @@ def _bench_services() -> Iterator[services.BenchDatabase]:
         _progress(f"dropped database {db.name}; flushed {services.REDIS_URL}")
 
 
-def _clinicguard_env(db: services.BenchDatabase, work_dir: Path) -> dict[str, str]:
+def make_clinicguard_env(db: services.BenchDatabase, work_dir: Path) -> dict[str, str]:
     """The one configuration of the run's clinicguard commands and server: the seeded TOTP
     seeds and the keys made by the migrations are sealed with this master key."""
     return {
@@ -118,7 +118,7 @@ def _clinicguard_env(db: services.BenchDatabase, work_dir: Path) -> dict[str, st
     }
 
 
-async def _prepare_database(
+async def prepare_database(
     db: services.BenchDatabase, clinicguard_env: dict[str, str], work_dir: Path
 ) -> tuple[services.BenchRows, dict[str, Any]]:
     """Migrate (schema and grants, as the owner), add the bare app's tables, seed the demo
@@ -491,9 +491,9 @@ async def _run(options: RunOptions, work_dir: Path) -> list[ScenarioResult]:
     if (task := asyncio.current_task()) is not None:
         # SIGTERM unwinds like Ctrl-C: servers stopped, database dropped, Redis flushed.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    with _bench_services() as db:
-        clinicguard_env = _clinicguard_env(db, work_dir)
-        rows, demo = await _prepare_database(db, clinicguard_env, work_dir)
+    with bench_services() as db:
+        clinicguard_env = make_clinicguard_env(db, work_dir)
+        rows, demo = await prepare_database(db, clinicguard_env, work_dir)
         cache: dict[str, Any] = {}  # one for the whole run, shared by every setup
         async with _servers(options, db, clinicguard_env, work_dir) as servers:
             contexts = {

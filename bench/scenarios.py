@@ -716,10 +716,12 @@ async def _check_full_record(ctx: BenchContext, requests: list[HttpRequest]) -> 
                 )
 
 
-async def _patient_reads_with_probes(ctx: BenchContext) -> list[tuple[PatientRead, str]]:
+async def _patient_reads(
+    ctx: BenchContext, unloaded_prefix: str = _PATIENT_UNLOADED
+) -> list[tuple[PatientRead, str]]:
     """The care-team physicians signed in (MFA, once per run) with the patients they read;
     a check that each read gets the full record; and, before the load, the key-value
-    commands one read costs and its unloaded latency."""
+    commands one read costs and its unloaded latency (kept under ``unloaded_prefix``)."""
     reads = [(read, await access_token(ctx, read.physician)) for read in care_team_reads(ctx)]
     requests = [_patient(ctx, reads, i) for i in range(len(reads))]
     await _check_full_record(ctx, requests)
@@ -727,18 +729,27 @@ async def _patient_reads_with_probes(ctx: BenchContext) -> list[tuple[PatientRea
         ctx.cache[_PATIENT_KV_PROBE] = await signins.kv_commands_per_request(
             ctx.base_url, requests[0].path, requests[0].headers, services.REDIS_URL
         )
-    await _probe_unloaded(ctx, requests, _PATIENT_UNLOADED)
+    await _probe_unloaded(ctx, requests, unloaded_prefix)
     return reads
 
 
-async def _bare_patient_with_probe(ctx: BenchContext) -> None:
-    """Before the load: a check that the bare endpoint knows every encrypted column of
-    ``patients`` (it answers them base64-encoded, not decrypted), and its unloaded latency."""
+async def _patient_reads_with_probes(ctx: BenchContext) -> list[tuple[PatientRead, str]]:
+    return await _patient_reads(ctx, _PATIENT_UNLOADED)
+
+
+def _check_bare_ciphertext_columns() -> None:
+    """The bare endpoints know every encrypted column of ``patients`` (they answer them
+    base64-encoded, not decrypted)."""
     if set(PATIENT_CIPHERTEXT) != set(ENCRYPTED["patients"]):
         raise RuntimeError(
             "bench/bare.py PATIENT_CIPHERTEXT differs from clinicguard's encrypted patient "
             f"columns: {sorted(PATIENT_CIPHERTEXT)} vs {sorted(ENCRYPTED['patients'])}"
         )
+
+
+async def _bare_patient_with_probe(ctx: BenchContext) -> None:
+    """Before the load: the check of the encrypted columns, and the unloaded latency."""
+    _check_bare_ciphertext_columns()
     requests = [_bare_patient(ctx, None, i) for i in range(len(care_team_reads(ctx)))]
     await _probe_unloaded(ctx, requests, _PATIENT_UNLOADED)
 
@@ -761,7 +772,7 @@ def _patient_read_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Find
         lines=[
             f"  authentication + authorization per read: p50 {_signed(diff.p50_us, 'µs')}, "
             f"server CPU {_signed(diff.cpu_us, 'µs')} (clinicguard minus bare: pipeline, "
-            "token, policy, the care-team SELECT, decryption)",
+            "token, policy, the care-team SELECT, decryption, the audit write)",
             _unloaded_line(diff),
             f"  key-value commands per GET /patients/{{id}}: {kv}",
         ],
@@ -775,10 +786,107 @@ register(
         "(session GETEX, tenant-scoped transaction: the patient row, the care-team and "
         "break-glass facts; policy, decryption and shaping) vs the same row's SELECT in a "
         "tenant-scoped transaction unauthenticated, its ciphertexts answered base64-encoded: "
-        "what reading a patient adds",
+        "what reading a patient adds (the audit write included)",
         clinicguard=Endpoint(setup=_patient_reads_with_probes, request=_patient),
         bare=Endpoint(setup=_bare_patient_with_probe, request=_bare_patient),
         figures=_patient_read_cost,
+    )
+)
+
+
+# --- the audited patient read -------------------------------------------------------------
+
+_AUDITED_UNLOADED = "patient-read-audited:unloaded:"
+AUDITED_READ_AIM = 0.70
+"""The issue's aim: a secured patient read at least 0.70x the throughput of the bare
+SELECT + audit INSERT."""
+
+
+def _bare_audited_patient(ctx: BenchContext, _state: object, i: int) -> HttpRequest:
+    reads = care_team_reads(ctx)
+    read = reads[i % len(reads)]
+    return HttpRequest("GET", f"/patients/{read.clinic_id}/{read.patient_id}/audited")
+
+
+async def _audited_reads_with_probes(ctx: BenchContext) -> list[tuple[PatientRead, str]]:
+    return await _patient_reads(ctx, _AUDITED_UNLOADED)
+
+
+async def _bare_audited_with_probe(ctx: BenchContext) -> None:
+    """Before the load: the check of the encrypted columns, and the unloaded latency of the
+    audited bare read (each probe request appends to the clinic's chain, as clinicguard's)."""
+    _check_bare_ciphertext_columns()
+    requests = [_bare_audited_patient(ctx, None, i) for i in range(len(care_team_reads(ctx)))]
+    await _probe_unloaded(ctx, requests, _AUDITED_UNLOADED)
+
+
+def _cores_busy(m: Measurement | None) -> tuple[float | None, float | None]:
+    """A side's server CPU in cores (CPU per request x requests per second) and how busy
+    the whole machine was (the mean of its rounds, percent of every core)."""
+    if m is None or not m.requests:
+        return None, None
+    cpu = m.server_cpu_us_per_request
+    busy = [r.machine_cpu_busy_percent for r in m.rounds if r.machine_cpu_busy_percent]
+    return (
+        None if cpu is None else round(cpu * m.rps / 1e6, 2),
+        round(sum(busy) / len(busy), 1) if busy else None,
+    )
+
+
+def _audited_read_cost(result: ScenarioResult, cache: Mapping[str, Any]) -> Findings:
+    """The throughput ratio against the aim, and what clinicguard adds to a read when both
+    sides write the same audit event in the read's transaction; and how busy each server
+    was (a server far from its cores' worth of CPU is waiting: on the database, or on a
+    clinic's audit head, which every read of that clinic locks until it commits)."""
+    diff = _difference(result, cache, _AUDITED_UNLOADED)
+    usage = {label: _cores_busy(result.side(label)) for label in ("clinicguard", "bare")}
+    ratios = result.ratios() or {}
+    throughput = ratios.get("throughput")
+    verdict = (
+        "n/a"
+        if throughput is None
+        else f"{throughput:.2f}x (aim ≥ {AUDITED_READ_AIM:.2f}x: "
+        f"{'met' if throughput >= AUDITED_READ_AIM else 'not met'})"
+    )
+    return Findings(
+        values={
+            "throughput_ratio": throughput,
+            "aim_throughput_ratio": AUDITED_READ_AIM,
+            "aim_met": None if throughput is None else throughput >= AUDITED_READ_AIM,
+            "added_p50_us": diff.p50_us,
+            "added_cpu_us_per_request": diff.cpu_us,
+            "added_unloaded_p50_us": diff.unloaded_us,
+            "unloaded_p50_ms": diff.unloaded,
+            "server_cpu_cores": {label: u[0] for label, u in usage.items()},
+            "machine_busy_percent": {label: u[1] for label, u in usage.items()},
+        },
+        lines=[
+            f"  secured patient read / bare SELECT+INSERT (both audited): throughput {verdict}",
+            "  server CPU in use (cores): "
+            + ", ".join(
+                f"{label} {'n/a' if cores is None else f'{cores:.2f}'} (machine "
+                f"{'n/a' if busy is None else f'{busy:.0f}'}% busy)"
+                for label, (cores, busy) in usage.items()
+            ),
+            f"  added per read beyond the audit write: p50 {_signed(diff.p50_us, 'µs')}, "
+            f"server CPU {_signed(diff.cpu_us, 'µs')} (clinicguard minus bare: pipeline, "
+            "token, policy, the care-team facts, decryption, the event's canonical hash)",
+            _unloaded_line(diff),
+        ],
+    )
+
+
+register(
+    Scenario(
+        name="patient-read-audited",
+        description="secured patient read vs bare SELECT+INSERT: GET /api/v1/patients/{id} "
+        "as in patient-read (its audit event appended in the read's transaction) vs the bare "
+        "tenant-scoped SELECT plus the same audit write in the same transaction (head row "
+        "locked FOR UPDATE, one audit_events row, the head moved on; a cheap hash): "
+        f"throughput ratio, aim ≥ {AUDITED_READ_AIM:.2f}",
+        clinicguard=Endpoint(setup=_audited_reads_with_probes, request=_patient),
+        bare=Endpoint(setup=_bare_audited_with_probe, request=_bare_audited_patient),
+        figures=_audited_read_cost,
     )
 )
 
@@ -802,5 +910,16 @@ register(
         "patients (a record and a prescription each), its field key rotated, then "
         "`keys reencrypt`'s maintenance.reencrypt with batch 200 and 1000: rows per second",
         in_process=InProcess("bench.reencrypt", timeout_seconds=1200.0),
+    )
+)
+
+register(
+    Scenario(
+        name="audit-append",
+        description="in-process against the run's PostgreSQL: AuditRecorder.record in a "
+        "tenant transaction (append + commit) vs the same transaction without it, p50/p99 "
+        "µs and their difference; then 16 concurrent appenders on one clinic's chain (its "
+        "head lock) vs spread over 16 clinics: events per second; the chains verified",
+        in_process=InProcess("bench.audit_append"),
     )
 )

@@ -131,6 +131,16 @@ class BenchDatabase:
         return self.url(OWNER_ROLE)
 
     @property
+    def admin_url(self) -> str:
+        """The superuser's (``CLINICGUARD_BENCH_DATABASE_URL``) psycopg URL of the run's
+        database: row-level security does not apply to it (checks, not load)."""
+        return (
+            make_url(PG_ADMIN_URL)
+            .set(drivername="postgresql", database=self.name)
+            .render_as_string(hide_password=False)
+        )
+
+    @property
     def vault_name(self) -> str:
         return f"{self.name}_vault"
 

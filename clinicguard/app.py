@@ -18,6 +18,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from clinicguard import __version__
+from clinicguard.audit import api as audit_api
 from clinicguard.auth import api as auth_api
 from clinicguard.clinic import api as clinic_api
 from clinicguard.core.clock import Clock
@@ -95,6 +96,8 @@ def create_app(
     app.include_router(auth_api.wellknown)
     app.include_router(clinic_api.router)
     app.include_router(clinic_api.security)
+    app.include_router(audit_api.security)
+    app.include_router(audit_api.patients)
 
     if not settings.is_production:
 

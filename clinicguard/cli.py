@@ -26,6 +26,11 @@ from rich.progress import (
 from rich.table import Table
 from uvicorn.supervisors import Multiprocess
 
+from clinicguard.audit.checkpoints import seal_chains
+from clinicguard.audit.recorder import Verification
+from clinicguard.audit.retention import AuditRetention, RetentionReport
+from clinicguard.audit.trail import PLATFORM
+from clinicguard.audit.verify import verify_all, verify_chain
 from clinicguard.auth.mfa import TotpSeeds
 from clinicguard.auth.users import create_user
 from clinicguard.authz.engine import PolicyEngine
@@ -72,6 +77,13 @@ sessions_app = typer.Typer(help="Sign-in sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 policy_app = typer.Typer(help="The authorization policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+audit_app = typer.Typer(
+    help="The audit trail: verification, signed checkpoints, the signing key.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+retention_app = typer.Typer(help="Retention of the audit trail.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
 T = TypeVar("T")
 out = Console(stderr=True, soft_wrap=True)
 
@@ -575,6 +587,162 @@ def policy_explain(
 def policy_matrix() -> None:
     """Print the permission matrix (docs/permission-matrix.md) as Markdown."""
     typer.echo(permission_matrix(PolicyEngine.load()), nl=False)
+
+
+# --- audit trail ---------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(
+    clinic: Annotated[
+        str | None,
+        typer.Option(
+            "--clinic",
+            help=f"One clinic's id ({PLATFORM} for the platform's chain; default: every chain).",
+        ),
+    ] = None,
+) -> None:
+    """Verify the audit chains (links, hashes, signed checkpoints). Exit 0 when every
+    chain holds; otherwise 1, naming the first broken event of each broken chain."""
+
+    async def run(services: Services) -> dict[uuid.UUID, Verification]:
+        # Only keys the master key vouches for: a key added to the table behind our back
+        # cannot vouch for a rewritten chain.
+        keys = await services.audit_sealer.signer.keys.trusted_keys()
+        if clinic is None:
+            return await verify_all(services.db, keys=keys)
+        try:
+            wanted = uuid.UUID(clinic)
+        except ValueError as exc:
+            raise ValidationFailed(errors=[FieldError("--clinic", "Not a clinic id.")]) from exc
+        if wanted != PLATFORM and wanted not in await clinic_ids(services.db):
+            raise NotFound("No such clinic.")
+        return {wanted: await verify_chain(services.db, wanted, keys=keys)}
+
+    results = _run_with_services(run)
+    broken = {c: r for c, r in results.items() if not r.ok}
+    for clinic_id, result in broken.items():
+        event, seq = result.first_broken_event_id or "-", result.first_broken_seq
+        typer.echo(
+            f"BROKEN clinic {clinic_id}: first broken event {event} (seq {seq}): {result.reason}"
+        )
+    events = sum(r.checked for r in results.values())
+    if broken:
+        typer.echo(f"{len(broken)} of {len(results)} chain(s) broken ({events} events checked)")
+        raise typer.Exit(1)
+    typer.echo(f"{len(results)} chain(s) verified, {events} events: intact")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a checkpoint at the head of every chain with events after its last one, now."""
+
+    async def run(services: Services) -> dict[uuid.UUID, int]:
+        return await seal_chains(
+            services.db, services.audit_sealer.signer, services.clock, every=None
+        )
+
+    signed = _run_with_services(run)
+    for clinic_id, seq in signed.items():
+        typer.echo(f"clinic {clinic_id}: checkpoint signed at seq {seq}")
+    typer.echo(f"{len(signed)} checkpoint(s) signed")
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key() -> None:
+    """A new checkpoint signing key signs from now on; the old one is retired and keeps
+    verifying the checkpoints it signed."""
+
+    async def run(services: Services) -> str:
+        key_id = await services.audit_sealer.signer.keys.rotate()
+        await services.events.record(
+            SecurityEvent(
+                type=SecurityEventType.CRYPTO_KEY_ROTATED,
+                outcome=Outcome.SUCCESS,
+                severity=Severity.MEDIUM,
+                details={"purpose": "audit-checkpoint", "key_id": key_id, "by": "operator"},
+            )
+        )
+        return key_id
+
+    typer.echo(f"new checkpoint signing key: {_run_with_services(run)}")
+
+
+#: Retention reads whole partitions and drops them: far longer than a request may take.
+RETENTION_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
+
+
+@retention_app.command("run")
+def retention_run(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")
+    ] = False,
+) -> None:
+    """Remove the audit trail's months older than CLINICGUARD_AUDIT_RETENTION_DAYS (as the
+    schema owner): each only after its chains verify and are anchored by a signed
+    retention checkpoint. Exit 1 when a month was refused."""
+
+    async def run(services: Services) -> RetentionReport:
+        owner = Database.from_url(
+            services.settings.migration_database_url,
+            statement_timeout_ms=RETENTION_STATEMENT_TIMEOUT_MS,
+            hide_parameters=True,
+        )
+        try:
+            job = AuditRetention(
+                owner=owner,
+                db=services.db,
+                recorder=services.audit,
+                signer=services.audit_sealer.signer,
+                clock=services.clock,
+                retention_days=services.settings.audit_retention_days,
+            )
+            return await job.run(dry_run=dry_run)
+        finally:
+            await owner.dispose()
+
+    report = _run_with_services(run)
+    _print_retention(report)
+    if report.refused is not None:
+        raise typer.Exit(1)
+
+
+def _print_retention(report: RetentionReport) -> None:
+    verb = "would remove" if report.dry_run else "removed"
+    typer.echo(
+        ("[dry run] " if report.dry_run else "")
+        + f"retention: months that ended by {report.cut:%Y-%m-%d %H:%M} UTC go"
+    )
+    for part in report.removed:
+        per_chain = ", ".join(f"clinic {c.clinic_id}: {c.events}" for c in part.chains)
+        typer.echo(
+            f"{verb} {part.label} ({part.month:%Y-%m}): {part.events} event(s)"
+            + (f" ({per_chain})" if per_chain else "")
+        )
+    if report.refused is not None:
+        refusal = report.refused
+        typer.echo(
+            f"REFUSED {refusal.slice.label} ({refusal.slice.month:%Y-%m}): clinic"
+            f" {refusal.clinic_id}: {refusal.reason}"
+            + (f" (event {refusal.event_id or '-'}, seq {refusal.seq})" if refusal.seq else "")
+        )
+        for part in report.held_back:
+            typer.echo(f"kept {part.label} ({part.month:%Y-%m}): an older month was refused")
+    created = "missing, would be created" if report.dry_run else "created ahead"
+    if report.partitions_created:
+        typer.echo(f"partitions {created}: {', '.join(report.partitions_created)}")
+    for problem in report.partition_problems:
+        typer.echo(f"warning: {problem}")
+    if report.default_rows:
+        typer.echo(
+            f"warning: {report.default_rows} event(s) in audit_events_default (their months"
+            " were not created ahead; retention cannot remove them by month)"
+        )
+    typer.echo(
+        f"{verb} {len(report.removed)} month(s), {report.events_removed} event(s);"
+        f" {report.checkpoints} retention checkpoint(s) signed,"
+        f" {report.subjects_deleted} patient index row(s) deleted"
+    )
 
 
 def main() -> None:

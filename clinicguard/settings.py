@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     """Where people reach the service (links in e-mails)."""
 
+    # --- audit trail ----------------------------------------------------------------------
+    audit_checkpoint_events: int = Field(default=1000, ge=1, le=1_000_000)
+    """A chain gets a signed checkpoint after this many events …"""
+    audit_checkpoint_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    """… or this many minutes after its last one, whichever comes first (idle chains are
+    sealed by a background sweep, so no event stays unsigned much longer than this)."""
+    audit_retention_days: int = Field(default=2557, ge=365)
+    """How long audit events are kept (default 7 years); ``clinicguard retention run``
+    removes whole months older than this."""
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: Any) -> Any:

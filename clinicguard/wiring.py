@@ -8,8 +8,17 @@ breached-password source.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
-from clinicguard.audit.service import DatabaseSecurityEventSink
+from clinicguard.audit.checkpoints import (
+    CheckpointKeyRing,
+    Ed25519CheckpointSigner,
+    IdleChainSealer,
+)
+from clinicguard.audit.queries import AccessLog, AuditTrail
+from clinicguard.audit.recorder import AuditRecorder, CheckpointPolicy
+from clinicguard.audit.reviews import ReviewQueue
+from clinicguard.audit.service import TrailEventSink
 from clinicguard.auth.apikeys import ApiKeyService
 from clinicguard.auth.interfaces import BreachedPasswordChecker, MailSender
 from clinicguard.auth.lockout import LoginGuard, LoginLimits
@@ -26,6 +35,8 @@ from clinicguard.auth.tokens import SigningKeyRing, TokenPurpose, TokenService
 from clinicguard.authz.engine import PolicyEngine
 from clinicguard.authz.interfaces import Permission
 from clinicguard.authz.service import Authorizer
+from clinicguard.clinic.auditing import AccessAudit
+from clinicguard.clinic.directory import ClinicPatientDirectory
 from clinicguard.clinic.files import PatientFileService
 from clinicguard.clinic.service import ClinicDataService
 from clinicguard.clinic.staff import StaffService
@@ -51,6 +62,8 @@ class Services:
     kv: KeyValueStore
     limiter: RateLimiter
     clock: Clock
+    audit: AuditRecorder
+    """The audit trail: accesses to patient data are appended in their own transaction."""
     events: SecurityEventSink
     passwords: Argon2PasswordHasher
     signing_keys: SigningKeyRing
@@ -68,13 +81,24 @@ class Services:
     clinic: ClinicDataService
     files: PatientFileService
     staff: StaffService
+    audit_trail: AuditTrail
+    """The clinic's trail for its overseers: queries, export, verification."""
+    reviews: ReviewQueue
+    access_log: AccessLog
+    audit_keys: CheckpointKeyRing
+    """The checkpoint signing keys (those this deployment made are trusted by verify)."""
+    audit_sealer: IdleChainSealer
+    """Signs checkpoints at the heads of audit chains that went quiet (in the background)."""
 
     async def start(self) -> None:
-        """Background work that lives with a serving process (the mail queue)."""
+        """Background work that lives with a serving process (the mail queue, the audit
+        trail's idle-chain sealer)."""
         if isinstance(self.mail, QueuedMailSender):
             self.mail.start()
+        self.audit_sealer.start()
 
     async def close(self) -> None:
+        await self.audit_sealer.stop()
         await self.fields.ring.flush()
         await self.fields.vault.dispose()
         if isinstance(self.mail, QueuedMailSender):
@@ -127,7 +151,18 @@ def build_services(
     limiter = limiter or create_rate_limiter(
         settings.redis_url, timeout=settings.kv_timeout_seconds
     )
-    events = DatabaseSecurityEventSink(db)
+    audit_keys = CheckpointKeyRing(db, master_key=master_key, clock=clock)
+    audit_signer = Ed25519CheckpointSigner(audit_keys)
+    audit_every = timedelta(minutes=settings.audit_checkpoint_minutes)
+    audit = AuditRecorder(
+        db,
+        clock,
+        signer=audit_signer,
+        checkpoints=CheckpointPolicy(
+            every_events=settings.audit_checkpoint_events, every=audit_every
+        ),
+    )
+    events = TrailEventSink(db, audit)
     passwords = Argon2PasswordHasher(
         memory_kib=settings.argon2_memory_kib,
         time_cost=settings.argon2_time_cost,
@@ -224,13 +259,18 @@ def build_services(
     )
     vault = SubjectKeyVault(Database.from_url(settings.key_vault_url), data_keys, clock)
     fields = FieldEncryption(data_keys, vault, events)
-    clinic = ClinicDataService(db, authorizer, clock, events, fields)
+    access_audit = AccessAudit(audit, clock)
+    clinic = ClinicDataService(db, authorizer, clock, fields, access_audit)
     return Services(
         settings=settings,
         db=db,
         kv=kv,
         limiter=limiter,
         clock=clock,
+        audit=audit,
+        audit_trail=AuditTrail(db, authorizer, audit, clock, audit_keys),
+        reviews=ReviewQueue(db, authorizer, audit, clock),
+        access_log=AccessLog(db, authorizer, audit, ClinicPatientDirectory(db, clock)),
         events=events,
         passwords=passwords,
         signing_keys=ring,
@@ -249,6 +289,7 @@ def build_services(
             fields=fields,
             limiter=limiter,
             events=events,
+            audit=access_audit,
             clock=clock,
             max_bytes=settings.upload_max_bytes,
         ),
@@ -260,4 +301,6 @@ def build_services(
             clock=clock,
             events=events,
         ),
+        audit_keys=audit_keys,
+        audit_sealer=IdleChainSealer(db, audit_signer, clock, audit_every),
     )

@@ -1,32 +1,34 @@
-"""The durable security-event sink (the audit trail's first tenant)."""
+"""Security events go into the audit trail: each is appended to its clinic's chain (or the
+platform's) in a transaction of its own, and a failure propagates (fail closed)."""
 
 from __future__ import annotations
 
-from clinicguard.audit.models import SecurityEventRecord
-from clinicguard.core.context import current_request
+import uuid
+from dataclasses import dataclass
+
+from clinicguard.audit.recorder import AuditRecorder
+from clinicguard.audit.trail import PLATFORM, entry_of
 from clinicguard.core.events import SecurityEvent
 from clinicguard.store.db import Database
+from clinicguard.store.interfaces import TenantContext
 
 
-class DatabaseSecurityEventSink:
-    """Writes each event in its own transaction; a failure propagates (fail closed)."""
+@dataclass(frozen=True, slots=True)
+class EventActor:
+    user_id: uuid.UUID | None
+    role: object
+    session_id: str | None
 
-    def __init__(self, db: Database) -> None:
+
+class TrailEventSink:
+    """The :class:`~clinicguard.core.events.SecurityEventSink` of the application."""
+
+    def __init__(self, db: Database, recorder: AuditRecorder) -> None:
         self._db = db
+        self._recorder = recorder
 
     async def record(self, event: SecurityEvent) -> None:
-        ctx = current_request()
-        row = SecurityEventRecord(
-            event_type=str(event.type),
-            outcome=str(event.outcome),
-            severity=str(event.severity),
-            clinic_id=event.clinic_id,
-            user_id=event.user_id,
-            session_id=event.session_id,
-            request_id=ctx.request_id if ctx else None,
-            ip=ctx.client_ip if ctx else None,
-            user_agent=ctx.user_agent if ctx else None,
-            details=dict(event.details),
-        )
-        async with self._db.transaction() as session:
-            session.add(row)
+        clinic = event.clinic_id or PLATFORM
+        actor = EventActor(event.user_id, event.role, event.session_id)
+        async with self._db.transaction(TenantContext.system(clinic)) as session:
+            await self._recorder.record(session, clinic, actor, entry_of(event))

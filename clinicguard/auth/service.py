@@ -888,6 +888,15 @@ class AuthService:
         identity = await self._identity_of(principal)
         state = await self._limiter.hit(f"pwchange:{principal.user_id}", limit=5, window=900)
         if not state.allowed:
+            await self._events.record(
+                SecurityEvent.by(
+                    principal,
+                    E.RATE_LIMITED,
+                    Outcome.DENIED,
+                    Severity.MEDIUM,
+                    {"limit": "password-change", "retry_after": int(state.reset_after) + 1},
+                )
+            )
             raise TooManyRequests(int(state.reset_after) + 1)
         if not await self._passwords.verify(identity.user.password_hash, current):
             await self._event(

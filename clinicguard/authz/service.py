@@ -1,6 +1,7 @@
 """Asking the policy on behalf of one request: API-key scopes first, then the engine; every
-denial is a typed security event naming the rule (or the default deny) that made it, and
-every access allowed only by break-glass is recorded for review."""
+denial is a typed security event naming the rule (or the default deny) that made it. An
+allowed access is recorded by the feature that performs it, in the access's own
+transaction, with the decision (a break-glass decision puts it in the review queue)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 from clinicguard.authz.engine import PolicyEngine
 from clinicguard.authz.interfaces import (
     AccessDenied,
-    AuditLevel,
     Condition,
     Decision,
     Permission,
@@ -69,19 +69,6 @@ class Authorizer:
         decision = self.decide(principal, permission, facts)
         if not decision.allowed:
             raise await self.denied(principal, decision, target, forbidden_fields)
-        if decision.obligations.review or decision.obligations.audit is AuditLevel.HIGH:
-            await self._record(
-                SecurityEventType.AUTHZ_EMERGENCY_ACCESS,
-                Outcome.SUCCESS,
-                Severity.HIGH,
-                principal,
-                {
-                    "permission": str(permission),
-                    "rule": decision.rule,
-                    "review": decision.obligations.review,
-                    **(target or {}),
-                },
-            )
         return decision
 
     async def require_possible(

@@ -12,9 +12,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from clinicguard.audit.trail import AuditEventType
 from clinicguard.authz.interfaces import Permission
 from clinicguard.authz.service import shape
 from clinicguard.clinic.access import visible_clinical
+from clinicguard.clinic.auditing import AccessAudit
 from clinicguard.clinic.models import PatientFile
 from clinicguard.clinic.protection import open_from, seal_into
 from clinicguard.clinic.service import ClinicDataService
@@ -54,9 +56,11 @@ class PatientFileService:
         fields: FieldEncryption,
         limiter: RateLimiter,
         events: SecurityEventSink,
+        audit: AccessAudit,
         clock: Clock,
         max_bytes: int,
     ) -> None:
+        self._audit = audit
         self._db = db
         self._clinic = clinic
         self._fields = fields
@@ -72,10 +76,20 @@ class PatientFileService:
             f"uploads:{principal.user_id}", limit=UPLOADS_PER_MINUTE, window=60
         )
         if not state.allowed:
+            await self._events.record(
+                SecurityEvent.by(
+                    principal,
+                    SecurityEventType.RATE_LIMITED,
+                    Outcome.DENIED,
+                    Severity.MEDIUM,
+                    {"limit": "uploads", "retry_after": int(state.reset_after) + 1},
+                )
+            )
             raise TooManyRequests(int(state.reset_after) + 1)
-        patient, decision = await self._clinic.clinical_patient(
-            principal, patient_id, Permission.FILES_UPLOAD
-        )
+        async with self._db.transaction(tenant_of(principal)) as session:
+            patient, _ = await self._clinic.clinical_patient(
+                session, principal, patient_id, Permission.FILES_UPLOAD
+            )
         filename, raw = single_file_part(body, content_type, self.max_bytes)
         try:
             kept = clean(filename, raw)
@@ -92,18 +106,36 @@ class PatientFileService:
             size=len(kept.content),
             created_at=self._clock.now(),
         )
-        await seal_into(
-            self._fields, "patient_files", row, {"filename": kept.filename, "content": kept.content}
-        )
+        # Decided again where the file is written: the care relation or the grant may
+        # have ended while the file was being screened.
         async with self._db.transaction(tenant_of(principal)) as session:
+            _, decision = await self._clinic.clinical_patient(
+                session, principal, patient_id, Permission.FILES_UPLOAD
+            )
+            await seal_into(
+                self._fields,
+                "patient_files",
+                row,
+                {"filename": kept.filename, "content": kept.content},
+            )
             session.add(row)
+            await session.flush()
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.FILE_UPLOAD,
+                "file",
+                resource_id=row.id,
+                patient_id=patient_id,
+            )
         return {**shape(_metadata(row), decision), "filename": kept.filename}
 
     async def list(self, principal: Principal, patient_id: uuid.UUID) -> list[dict[str, Any]]:
-        _, decision = await self._clinic.clinical_patient(
-            principal, patient_id, Permission.RECORDS_READ
-        )
         async with self._db.transaction(tenant_of(principal)) as session:
+            _, decision = await self._clinic.clinical_patient(
+                session, principal, patient_id, Permission.RECORDS_READ
+            )
             rows = (
                 await session.scalars(
                     select(PatientFile)
@@ -114,10 +146,19 @@ class PatientFileService:
                     .order_by(PatientFile.created_at.desc(), PatientFile.id)
                 )
             ).all()
-        out = []
-        for row in rows:
-            names = await open_from(self._fields, "patient_files", row, ("filename",))
-            out.append({**shape(_metadata(row), decision), **names})
+            out = []
+            for row in rows:
+                names = await open_from(self._fields, "patient_files", row, ("filename",))
+                out.append({**shape(_metadata(row), decision), **names})
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.FILE_LIST,
+                "file",
+                patient_id=patient_id,
+                rows=len(rows),
+            )
         return out
 
     async def download(self, principal: Principal, file_id: uuid.UUID) -> Download:
@@ -125,22 +166,29 @@ class PatientFileService:
         record, a file outside the caller's clinical reach is a 404 (the same rule as
         row-level security), and a refusal by the policy (clinic hours) a 403."""
         async with self._db.transaction(tenant_of(principal)) as session:
-            patient_id = await session.scalar(
-                select(PatientFile.patient_id).where(
+            row = await session.scalar(
+                select(PatientFile).where(
                     visible_clinical(principal, PatientFile, self._clock.now()),
                     PatientFile.id == file_id,
                 )
             )
-        if patient_id is None:
-            raise NotFound()
-        await self._clinic.clinical_patient(principal, patient_id, Permission.RECORDS_READ)
-        async with self._db.transaction(tenant_of(principal)) as session:
-            row = await session.get(PatientFile, (principal.clinic_id, file_id))
-        if row is None:
-            raise NotFound()
-        values = await open_from(self._fields, "patient_files", row, ("filename", "content"))
-        if values["content"] is None:  # the patient's key was destroyed: erased
-            raise NotFound()
+            if row is None:
+                raise NotFound()
+            _, decision = await self._clinic.clinical_patient(
+                session, principal, row.patient_id, Permission.RECORDS_READ
+            )
+            values = await open_from(self._fields, "patient_files", row, ("filename", "content"))
+            if values["content"] is None:  # the patient's key was destroyed: erased
+                raise NotFound()
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.FILE_DOWNLOAD,
+                "file",
+                resource_id=file_id,
+                patient_id=row.patient_id,
+            )
         return Download(row.media_type, values["filename"] or "file", values["content"])
 
     async def _signal(self, principal: Principal, patient_id: uuid.UUID, signal: str) -> None:

@@ -8,7 +8,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, or_
@@ -38,9 +38,20 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         when = datetime.fromisoformat(moment)
         if when.tzinfo is None:
             raise invalid
-        return when, uuid.UUID(row_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        return when.astimezone(UTC), uuid.UUID(row_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise invalid from exc
+
+
+def in_utc(moment: datetime | None, field: str) -> datetime | None:
+    """``moment`` in UTC, or 422 naming ``field`` when it has no UTC form (a time at the
+    very edge of the calendar with an offset that pushes it past year 1 or 9999)."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValidationFailed(errors=[FieldError(field, "Out of range.")]) from exc
 
 
 def page_query(

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clinicguard.audit.trail import AuditEventType
 from clinicguard.auth.models import ClinicMembership
 from clinicguard.authz.interfaces import Condition, Decision, Permission
 from clinicguard.authz.service import Authorizer, Facts, shape
@@ -30,6 +31,7 @@ from clinicguard.clinic.access import (
     visible_clinical,
     visible_patients,
 )
+from clinicguard.clinic.auditing import AccessAudit
 from clinicguard.clinic.cpf import normalize_cpf
 from clinicguard.clinic.models import (
     Appointment,
@@ -40,17 +42,10 @@ from clinicguard.clinic.models import (
     Treatment,
     TreatmentCertification,
 )
-from clinicguard.clinic.paging import page_query, split_page
+from clinicguard.clinic.paging import in_utc, page_query, split_page
 from clinicguard.clinic.protection import open_from, seal_into
 from clinicguard.core.clock import Clock
 from clinicguard.core.errors import Conflict, FieldError, NotFound, ValidationFailed
-from clinicguard.core.events import (
-    Outcome,
-    SecurityEvent,
-    SecurityEventSink,
-    SecurityEventType,
-    Severity,
-)
 from clinicguard.core.principal import Principal
 from clinicguard.crypto.service import FieldEncryption
 from clinicguard.store.db import Database
@@ -136,14 +131,14 @@ class ClinicDataService:
         db: Database,
         authorizer: Authorizer,
         clock: Clock,
-        events: SecurityEventSink,
         fields: FieldEncryption,
+        audit: AccessAudit,
     ) -> None:
         self._fields = fields
         self._db = db
         self._authz = authorizer
         self._clock = clock
-        self._events = events
+        self._audit = audit
         self._hours = ClinicHoursCache()
 
     # --- shared steps ---------------------------------------------------------------------
@@ -214,25 +209,43 @@ class ClinicDataService:
             escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(func.lower(Patient.full_name).like(f"%{escaped}%", escape="\\"))
         query = page_query(query, Patient.created_at, Patient.id, cursor, limit)
+        searched = cpf is not None or q is not None
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
-        items, next_cursor = split_page(rows, limit, ("created_at", "id"))
-        return [
-            await self._reveal("patients", p, PATIENT_OUT, decision) for p in items
-        ], next_cursor
+            items, next_cursor = split_page(rows, limit, ("created_at", "id"))
+            out = [await self._reveal("patients", p, PATIENT_OUT, decision) for p in items]
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.PATIENT_SEARCH if searched else AuditEventType.PATIENT_LIST,
+                "patient",
+                patients=[p.id for p in items],
+            )
+        return out, next_cursor
 
     async def get_patient(self, principal: Principal, patient_id: uuid.UUID) -> dict[str, Any]:
         await self._authz.require_possible(principal, Permission.PATIENTS_READ)
         async with self._tx(principal) as session:
             patient, facts = await self._patient(session, principal, patient_id)
-        decision = await self._authz.require(
-            principal, Permission.PATIENTS_READ, facts, target={"patient_id": str(patient_id)}
-        )
-        return await self._reveal("patients", patient, PATIENT_OUT, decision)
+            decision = await self._authz.require(
+                principal, Permission.PATIENTS_READ, facts, target={"patient_id": str(patient_id)}
+            )
+            out = await self._reveal("patients", patient, PATIENT_OUT, decision)
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.PATIENT_READ,
+                "patient",
+                resource_id=patient_id,
+                patient_id=patient_id,
+            )
+        return out
 
     async def create_patient(self, principal: Principal, body: s.PatientCreate) -> dict[str, Any]:
         given = {k for k in body.model_fields_set if getattr(body, k) is not None}
-        await self._require_change(
+        decision = await self._require_change(
             principal, Permission.PATIENTS_CREATE, {}, given, {"action": "create"}
         )
         now = self._clock.now()
@@ -247,6 +260,16 @@ class ClinicDataService:
             ) as session:
                 await self._refuse_taken_cpf(session, patient, body.cpf)
                 session.add(patient)
+                await session.flush()
+                await self._audit.record(
+                    session,
+                    principal,
+                    decision,
+                    AuditEventType.PATIENT_CREATE,
+                    "patient",
+                    resource_id=patient.id,
+                    patient_id=patient.id,
+                )
         except IntegrityError as exc:
             raise Conflict(CPF_TAKEN) from exc
         return await self._as_read(principal, patient, {})
@@ -278,7 +301,7 @@ class ClinicDataService:
         try:
             async with self._db.serialized(key, tenant_of(principal)) as session:
                 patient, facts = await self._patient(session, principal, patient_id)
-                await self._require_change(
+                decision = await self._require_change(
                     principal,
                     Permission.PATIENTS_UPDATE,
                     facts,
@@ -290,6 +313,15 @@ class ClinicDataService:
                 await self._seal("patients", patient, changes)
                 patient.updated_at = self._clock.now()
                 await session.flush()
+                await self._audit.record(
+                    session,
+                    principal,
+                    decision,
+                    AuditEventType.PATIENT_UPDATE,
+                    "patient",
+                    resource_id=patient_id,
+                    patient_id=patient_id,
+                )
         except IntegrityError as exc:
             raise Conflict(CPF_TAKEN) from exc
         return await self._as_read(principal, patient, facts)
@@ -307,13 +339,16 @@ class ClinicDataService:
     # --- clinical records -----------------------------------------------------------------
 
     async def clinical_patient(
-        self, principal: Principal, patient_id: uuid.UUID, permission: Permission
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        patient_id: uuid.UUID,
+        permission: Permission,
     ) -> tuple[Patient, Decision]:
         """A visible patient and the allow decision for ``permission`` on their clinical
-        data (403 or 404 otherwise)."""
+        data (403 or 404 otherwise), in ``session``."""
         await self._authz.require_possible(principal, permission)
-        async with self._tx(principal) as session:
-            patient, facts = await self._patient(session, principal, patient_id)
+        patient, facts = await self._patient(session, principal, patient_id)
         decision = await self._authz.require(
             principal, permission, facts, target={"patient_id": str(patient_id)}
         )
@@ -322,7 +357,6 @@ class ClinicDataService:
     async def list_records(
         self, principal: Principal, patient_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        _, decision = await self.clinical_patient(principal, patient_id, Permission.RECORDS_READ)
         query = select(MedicalRecord).where(
             MedicalRecord.clinic_id == principal.clinic_id, MedicalRecord.patient_id == patient_id
         )
@@ -330,11 +364,22 @@ class ClinicDataService:
             query, MedicalRecord.created_at, MedicalRecord.id, cursor, limit, newest_first=True
         )
         async with self._tx(principal) as session:
+            _, decision = await self.clinical_patient(
+                session, principal, patient_id, Permission.RECORDS_READ
+            )
             rows = (await session.scalars(query)).all()
-        items, next_cursor = split_page(rows, limit, ("created_at", "id"))
-        return [
-            await self._reveal("medical_records", r, RECORD_OUT, decision) for r in items
-        ], next_cursor
+            items, next_cursor = split_page(rows, limit, ("created_at", "id"))
+            out = [await self._reveal("medical_records", r, RECORD_OUT, decision) for r in items]
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.RECORD_LIST,
+                "record",
+                patient_id=patient_id,
+                rows=len(items),
+            )
+        return out, next_cursor
 
     async def get_record(self, principal: Principal, record_id: uuid.UUID) -> dict[str, Any]:
         await self._authz.require_possible(principal, Permission.RECORDS_READ)
@@ -348,13 +393,23 @@ class ClinicDataService:
             if record is None:
                 raise NotFound()
             patient, facts = await self._patient(session, principal, record.patient_id)
-        decision = await self._authz.require(
-            principal,
-            Permission.RECORDS_READ,
-            facts,
-            target={"patient_id": str(patient.id), "record_id": str(record_id)},
-        )
-        return await self._reveal("medical_records", record, RECORD_OUT, decision)
+            decision = await self._authz.require(
+                principal,
+                Permission.RECORDS_READ,
+                facts,
+                target={"patient_id": str(patient.id), "record_id": str(record_id)},
+            )
+            out = await self._reveal("medical_records", record, RECORD_OUT, decision)
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.RECORD_READ,
+                "record",
+                resource_id=record_id,
+                patient_id=patient.id,
+            )
+        return out
 
     async def create_record(
         self, principal: Principal, patient_id: uuid.UUID, body: s.RecordCreate
@@ -364,25 +419,32 @@ class ClinicDataService:
             if body.kind == "nursing_note"
             else Permission.RECORDS_CREATE
         )
-        _, decision = await self.clinical_patient(principal, patient_id, permission)
-        record = MedicalRecord(
-            clinic_id=_clinic(principal),
-            id=uuid.uuid4(),
-            patient_id=patient_id,
-            author_id=principal.user_id,
-            created_at=self._clock.now(),
-        )
-        await self._seal("medical_records", record, body.model_dump())
         async with self._tx(principal) as session:
+            _, decision = await self.clinical_patient(session, principal, patient_id, permission)
+            record = MedicalRecord(
+                clinic_id=_clinic(principal),
+                id=uuid.uuid4(),
+                patient_id=patient_id,
+                author_id=principal.user_id,
+                created_at=self._clock.now(),
+            )
+            await self._seal("medical_records", record, body.model_dump())
             session.add(record)
+            await session.flush()
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.RECORD_CREATE,
+                "record",
+                resource_id=record.id,
+                patient_id=patient_id,
+            )
         return await self._reveal("medical_records", record, RECORD_OUT, decision)
 
     async def list_prescriptions(
         self, principal: Principal, patient_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        _, decision = await self.clinical_patient(
-            principal, patient_id, Permission.PRESCRIPTIONS_READ
-        )
         query = select(Prescription).where(
             Prescription.clinic_id == principal.clinic_id, Prescription.patient_id == patient_id
         )
@@ -390,35 +452,50 @@ class ClinicDataService:
             query, Prescription.issued_at, Prescription.id, cursor, limit, newest_first=True
         )
         async with self._tx(principal) as session:
+            _, decision = await self.clinical_patient(
+                session, principal, patient_id, Permission.PRESCRIPTIONS_READ
+            )
             rows = (await session.scalars(query)).all()
-        items, next_cursor = split_page(rows, limit, ("issued_at", "id"))
-        return [
-            await self._reveal("prescriptions", r, PRESCRIPTION_OUT, decision) for r in items
-        ], next_cursor
+            items, next_cursor = split_page(rows, limit, ("issued_at", "id"))
+            out = [
+                await self._reveal("prescriptions", r, PRESCRIPTION_OUT, decision) for r in items
+            ]
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.PRESCRIPTION_LIST,
+                "prescription",
+                patient_id=patient_id,
+                rows=len(items),
+            )
+        return out, next_cursor
 
     async def create_prescription(
         self, principal: Principal, patient_id: uuid.UUID, body: s.PrescriptionCreate
     ) -> dict[str, Any]:
-        _, decision = await self.clinical_patient(
-            principal, patient_id, Permission.PRESCRIPTIONS_CREATE
-        )
-        now = self._clock.now()
-        if body.valid_until is not None and body.valid_until < now.date():
-            raise ValidationFailed(errors=[FieldError("body.valid_until", "Must not be past.")])
-        row = Prescription(
-            clinic_id=_clinic(principal),
-            id=uuid.uuid4(),
-            patient_id=patient_id,
-            prescriber_id=principal.user_id,
-            issued_at=now,
-            status="active",
-            record_id=body.record_id,
-            valid_until=body.valid_until,
-        )
-        await self._seal(
-            "prescriptions", row, body.model_dump(include={"medication", "dosage", "instructions"})
-        )
         async with self._tx(principal) as session:
+            _, decision = await self.clinical_patient(
+                session, principal, patient_id, Permission.PRESCRIPTIONS_CREATE
+            )
+            now = self._clock.now()
+            row = Prescription(
+                clinic_id=_clinic(principal),
+                id=uuid.uuid4(),
+                patient_id=patient_id,
+                prescriber_id=principal.user_id,
+                issued_at=now,
+                status="active",
+                record_id=body.record_id,
+                valid_until=body.valid_until,
+            )
+            if body.valid_until is not None and body.valid_until < now.date():
+                raise ValidationFailed(errors=[FieldError("body.valid_until", "Must not be past.")])
+            await self._seal(
+                "prescriptions",
+                row,
+                body.model_dump(include={"medication", "dosage", "instructions"}),
+            )
             if body.record_id is not None:
                 record = await session.scalar(
                     select(MedicalRecord.id).where(
@@ -432,6 +509,16 @@ class ClinicDataService:
                         errors=[FieldError("body.record_id", "Not a record of this patient.")]
                     )
             session.add(row)
+            await session.flush()
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.PRESCRIPTION_CREATE,
+                "prescription",
+                resource_id=row.id,
+                patient_id=patient_id,
+            )
         return await self._reveal("prescriptions", row, PRESCRIPTION_OUT, decision)
 
     # --- break-glass ----------------------------------------------------------------------
@@ -456,20 +543,8 @@ class ClinicDataService:
                 principal, Permission.EMERGENCY_REQUEST, target={"patient_id": str(patient_id)}
             )
             session.add(grant)
-        await self._events.record(
-            SecurityEvent.by(
-                principal,
-                SecurityEventType.AUTHZ_EMERGENCY_GRANTED,
-                Outcome.SUCCESS,
-                Severity.HIGH,
-                {
-                    "grant_id": str(grant.id),
-                    "patient_id": str(patient_id),
-                    "expires_at": grant.expires_at.isoformat(),
-                    "review": True,
-                },
-            )
-        )
+            await session.flush()
+            await self._audit.emergency_granted(session, principal, grant)
         return self._grant_values(grant, now)
 
     @staticmethod
@@ -493,7 +568,7 @@ class ClinicDataService:
     async def list_emergency_grants(
         self, principal: Principal, status: str, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        await self._authz.require(principal, Permission.EMERGENCY_READ)
+        decision = await self._authz.require(principal, Permission.EMERGENCY_READ)
         now = self._clock.now()
         query = select(EmergencyGrant).where(EmergencyGrant.clinic_id == principal.clinic_id)
         if status == "open":
@@ -509,7 +584,15 @@ class ClinicDataService:
         )
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
-        items, next_cursor = split_page(rows, limit, ("granted_at", "id"))
+            items, next_cursor = split_page(rows, limit, ("granted_at", "id"))
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.EMERGENCY_GRANT_LIST,
+                "emergency_grant",
+                patients=[g.patient_id for g in items],
+            )
         return [self._grant_values(g, now) for g in items], next_cursor
 
     # --- appointments ---------------------------------------------------------------------
@@ -526,6 +609,8 @@ class ClinicDataService:
         cursor: str | None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         # A patient lists only their own appointments: the "self" fact holds by the filter.
+        starts_from = in_utc(starts_from, "query.from")
+        starts_to = in_utc(starts_to, "query.to")
         facts = {Condition.SELF: True} if is_patient(principal) else {}
         decision = await self._authz.require(principal, Permission.APPOINTMENTS_READ, facts)
         query = select(Appointment).where(Appointment.clinic_id == principal.clinic_id)
@@ -544,10 +629,18 @@ class ClinicDataService:
         query = page_query(query, Appointment.starts_at, Appointment.id, cursor, limit)
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
-        items, next_cursor = split_page(rows, limit, ("starts_at", "id"))
-        return [
-            await self._reveal("appointments", a, APPOINTMENT_OUT, decision) for a in items
-        ], next_cursor
+            items, next_cursor = split_page(rows, limit, ("starts_at", "id"))
+            out = [await self._reveal("appointments", a, APPOINTMENT_OUT, decision) for a in items]
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.APPOINTMENT_LIST,
+                "appointment",
+                patient_id=patient_id,
+                patients=[a.patient_id for a in items],
+            )
+        return out, next_cursor
 
     def _check_times(self, starts_at: datetime, ends_at: datetime) -> None:
         errors = []
@@ -666,6 +759,16 @@ class ClinicDataService:
             )
             await self._seal("appointments", row, body.model_dump())
             session.add(row)
+            await session.flush()
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.APPOINTMENT_CREATE,
+                "appointment",
+                resource_id=row.id,
+                patient_id=patient.id,
+            )
         return await self._reveal("appointments", row, APPOINTMENT_OUT, decision)
 
     async def update_appointment(
@@ -713,6 +816,16 @@ class ClinicDataService:
                 )
             await self._seal("appointments", row, changes)
             row.updated_at = self._clock.now()
+            await session.flush()
+            await self._audit.record(
+                session,
+                principal,
+                decision,
+                AuditEventType.APPOINTMENT_UPDATE,
+                "appointment",
+                resource_id=row.id,
+                patient_id=row.patient_id,
+            )
         return await self._reveal("appointments", row, APPOINTMENT_OUT, decision)
 
     # --- treatments -----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Security events: one typed interface for every security-relevant outcome.
 
 Features emit :class:`SecurityEvent` through a :class:`SecurityEventSink`; the sink adds the
-request context (request id, client IP, user agent) and stores the event durably. Event
+request context (request id, client IP, user agent) and appends the event to the audit
+trail (its clinic's hash chain, or the platform's when it has no clinic). Event
 types are ``source:subject:action``; details carry ids and reasons, never secrets or PHI.
 """
 
@@ -56,6 +57,8 @@ class SecurityEventType(StrEnum):
     CRYPTO_KEY_SHREDDED = "crypto:key:shredded"
     ADMIN_USER_CREATED = "admin:user:created"
     ADMIN_USER_UPDATED = "admin:user:updated"
+    RATE_LIMITED = "ratelimit:request:refused"
+    """A signed-in person went past a per-person limit (uploads, password attempts)."""
     INPUT_ATTACK_SUSPECTED = "input:attack:suspected"
     """A request whose input matched the SQL-injection / XSS / traversal detectors: a signal
     for detection, recorded after the answer; the request itself was not changed."""
@@ -84,6 +87,7 @@ class SecurityEvent:
     clinic_id: uuid.UUID | None = None
     session_id: str | None = None
     details: Mapping[str, DetailValue] = field(default_factory=dict)
+    role: str | None = None
 
     @classmethod
     def by(
@@ -103,6 +107,7 @@ class SecurityEvent:
             clinic_id=principal.clinic_id,
             session_id=principal.session_id,
             details=details,
+            role=str(principal.role),
         )
 
 

@@ -1,11 +1,14 @@
-"""Asymmetric signing keys for tokens: generation, PEM, and public JWKs."""
+"""Asymmetric signing keys: generation, PEM and public JWKs for tokens; Ed25519 signing and
+verification for the audit trail's checkpoints."""
 
 from __future__ import annotations
 
 import base64
+import functools
 from enum import StrEnum
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -65,3 +68,40 @@ def public_jwk(public_key_pem: bytes, kid: str, algorithm: SigningAlgorithm) -> 
             "use": "sig",
         }
     raise ValueError("unsupported key type")
+
+
+def ed25519_private_pem() -> bytes:
+    """A new Ed25519 private key as unencrypted PKCS#8 PEM (callers seal it before storing)."""
+    return generate_private_pem(SigningAlgorithm.EDDSA)
+
+
+def ed25519_sign(private_pem: bytes, message: bytes) -> bytes:
+    """The 64-byte Ed25519 signature of ``message``; raises ValueError when the PEM is not
+    an Ed25519 private key."""
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError("not an Ed25519 private key")
+    return key.sign(message)
+
+
+@functools.lru_cache(maxsize=64)
+def _ed25519_public(public_key_pem: bytes) -> ed25519.Ed25519PublicKey | None:
+    try:
+        key = serialization.load_pem_public_key(public_key_pem)
+    except ValueError:
+        return None
+    return key if isinstance(key, ed25519.Ed25519PublicKey) else None
+
+
+def ed25519_verify(public_key_pem: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` under the public key.
+    False (never an exception) for a wrong signature, a malformed one, or a key that is
+    not an Ed25519 public key."""
+    key = _ed25519_public(public_key_pem)
+    if key is None:
+        return False
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True

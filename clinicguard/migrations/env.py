@@ -10,7 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from clinicguard.migrations.schema import metadata
+from clinicguard.migrations.schema import include_object, metadata
 
 config = context.config
 target_metadata = metadata
@@ -22,6 +22,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object,
         transaction_per_migration=True,
     )
     with context.begin_transaction():

@@ -10,12 +10,13 @@ import json
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
+from clinicguard.audit.trail import PLATFORM
 from clinicguard.core.events import SecurityEvent, SecurityEventType
 from clinicguard.store.interfaces import DatabaseUnavailable
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld, client_for
 from tests.factories.clinical import add_clinic_set
 
@@ -24,19 +25,13 @@ TAUTOLOGY = "' OR 1=1 --"
 SCRIPT = "<script>alert(1)</script>"
 
 
-async def signals(world: AuthWorld) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord)
-            .where(SecurityEventRecord.event_type == SIGNAL)
-            .order_by(SecurityEventRecord.occurred_at)
-        )
-        return list(rows.all())
+async def signals(world: AuthWorld) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=SIGNAL)
 
 
-def stored(row: SecurityEventRecord) -> str:
+def stored(row: AuditEvent) -> str:
     """Everything the row holds that a client could have influenced, as one string."""
-    return json.dumps(row.details) + (row.user_agent or "")
+    return json.dumps(row.details) + (row.reason or "") + (row.user_agent or "")
 
 
 def same_problem(a: httpx.Response, b: httpx.Response) -> None:
@@ -65,9 +60,12 @@ async def test_an_injection_in_the_query_gets_the_normal_answer_and_one_event(
         attacked_me.headers["x-request-id"],
     ]
     for row, route in zip(rows, ("/healthz", "/api/v1/me"), strict=True):
-        assert (row.outcome, row.severity, row.ip) == ("failure", "medium", "203.0.113.10")
-        assert row.user_id is None
-        assert row.clinic_id is None
+        assert (row.outcome, row.ip) == ("failure", "203.0.113.10")
+        # Medium severity: at least a medium risk, and not sent to review.
+        assert row.risk_level in ("medium", "high", "critical")
+        assert row.requires_review is False
+        assert row.actor_id is None
+        assert row.clinic_id == PLATFORM
         assert row.details == {
             "detectors": "sqli.tautology",
             "where": "query",

@@ -9,7 +9,7 @@ crypto-shredding against an earlier copy of the database, and no plaintext at re
 - ``shred_patient`` makes the patient's clinical content unrecoverable, also from a copy
   of the clinical database taken before (SQLite: the database file and its WAL;
   PostgreSQL: the ciphertext read as the superuser), while their clinic-key fields stay
-  readable; a high-severity ``crypto:key:shredded`` event is recorded.
+  readable; a high-risk ``crypto:key:shredded`` event, sent to review, joins the trail.
 - Every table (PostgreSQL, as the superuser) and every file (SQLite, key vault, mail)
   holds none of the personal or clinical values written through the factories and the API.
 """
@@ -28,7 +28,7 @@ import pytest
 from psycopg import sql as pgsql
 from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.clinic import maintenance
 from clinicguard.clinic.cpf import format_cpf
 from clinicguard.clinic.maintenance import (
@@ -44,6 +44,7 @@ from clinicguard.crypto.interfaces import DecryptionFailed
 from clinicguard.crypto.keyring import FIELD
 from clinicguard.crypto.vault import SubjectKeyDestroyed, subject_keys
 from clinicguard.store.interfaces import TenantContext
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld, Backend
 from tests.factories.clinical import ClinicSet, add_clinic_set, new_cpf
 
@@ -338,15 +339,8 @@ def ciphertext_from_copy(
     }
 
 
-async def shredded_events(world: AuthWorld, clinic_id: uuid.UUID) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord).where(
-                SecurityEventRecord.event_type == "crypto:key:shredded",
-                SecurityEventRecord.clinic_id == clinic_id,
-            )
-        )
-        return list(rows.all())
+async def shredded_events(world: AuthWorld, clinic_id: uuid.UUID) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types="crypto:key:shredded", clinic_id=clinic_id)
 
 
 async def test_shredded_patient_is_unrecoverable_even_from_an_earlier_copy(
@@ -434,9 +428,10 @@ async def test_shredded_patient_is_unrecoverable_even_from_an_earlier_copy(
         assert await fields.open(place, blob) == getattr(patient, column)
 
     (event,) = await shredded_events(world, a.clinic_id)
-    assert event.severity == "high"
+    assert event.risk_level in ("high", "critical")
+    assert event.requires_review is True
     assert event.outcome == "success"
-    assert event.user_id == admin.id
+    assert event.actor_id == admin.id
     assert event.details == {"patient_id": str(patient.id), "destroyed": True}
     # The vault keeps a tombstone: erased, not missing.
     async with fields.vault.db.transaction() as session:

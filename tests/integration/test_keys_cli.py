@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from clinicguard.audit.models import AuditEvent
 from clinicguard.clinic.models import MedicalRecord, Patient
 from clinicguard.clinic.protection import open_from
 from clinicguard.crypto.interfaces import DecryptionFailed
@@ -34,6 +35,7 @@ from clinicguard.settings import Settings
 from clinicguard.store.interfaces import TenantContext
 from clinicguard.store.migrate import upgrade_to_head
 from clinicguard.wiring import build_services
+from tests.audit_trail import trail_events
 from tests.integration.test_cli import Seeded, query, run_cli, seed
 from tests.services import process_env
 
@@ -178,6 +180,19 @@ def read_demo_data(copy: Copy) -> None:
             await services.close()
 
     asyncio.run(check())
+
+
+def trail_of(copy: Copy, *types: str) -> list[AuditEvent]:
+    """In-process: the audit trail's events of ``types``, every chain."""
+
+    async def read() -> list[AuditEvent]:
+        services = build_services(settings_for(copy))
+        try:
+            return await trail_events(services.db, types=types)
+        finally:
+            await services.close()
+
+    return asyncio.run(read())
 
 
 def counts(database: Path, sql: str) -> dict[str, int]:
@@ -342,11 +357,11 @@ def test_shred_patient_needs_yes_and_then_destroys_the_key(demo_copy: Copy) -> N
     assert code == 0, output
     assert "unrecoverable" in output
     assert wrapped() == [(0, 1)]
-    events = query(
-        demo_copy.database,
-        "SELECT severity, outcome FROM security_events WHERE event_type = 'crypto:key:shredded'",
-    )
-    assert events == [("high", "success")]
+    events = trail_of(demo_copy, "crypto:key:shredded")
+    assert [(e.clinic_id, e.outcome, e.requires_review) for e in events] == [
+        (uuid.UUID(clinic["id"]), "success", True)
+    ]
+    assert events[0].risk_level in ("high", "critical")
 
     code, output = cli(demo_copy, *args, "--yes")
     assert code == 1, output

@@ -11,13 +11,15 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from clinicguard.migrations.schema import metadata
+from clinicguard.migrations.schema import include_object, metadata
 from clinicguard.store.migrate import alembic_config, upgrade_to_head
 from tests.conftest import Backend
 
 
 def _drift(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": include_object}
+    )
     return list(compare_metadata(context, metadata))
 
 

@@ -28,7 +28,10 @@ use; no ORM filter or service rule takes part. What is proven:
 - the catalogue (as the superuser): every tenant table, and every table with a
   ``clinic_id`` column, has row-level security enabled and forced, so a new tenant table
   without policies fails here; each has exactly one policy per command (no DELETE policy
-  on the append-only tables).
+  on the append-only tables). The audit trail's tables are under row-level security too,
+  with exactly their own policies, and the application only reads and appends to them;
+  the monthly partitions of ``audit_events`` are reached only through it (the application
+  role holds no privilege on a partition itself).
 
 Rows meant to be append-only (grants, records, prescriptions) change only as maintenance;
 a request made with an API key cannot change any key, its own included.
@@ -65,6 +68,7 @@ from clinicguard.store.db import Database
 from clinicguard.store.interfaces import TenantContext
 from tests.conftest import Backend
 from tests.factories import clinic as f
+from tests.services import APP_ROLE
 
 pytestmark = pytest.mark.postgres
 
@@ -82,9 +86,49 @@ TENANT_TABLES = (
     "api_keys",
 )
 CLINICAL_TABLES = ("medical_records", "prescriptions")
-#: Tables with a clinic_id deliberately outside the tenant policies: the security-event log
-#: (its clinic_id is nullable: a failed sign-in has no clinic yet).
-NOT_TENANT_SCOPED = frozenset({"security_events"})
+#: The audit trail's tables with a clinic_id (events with no clinic are in the platform
+#: chain, clinic ``00000000-…``): under row-level security with policies of their own
+#: (migrations 0006 and 0007). Its signing keys (``audit_signing_keys``), like the token
+#: ``signing_keys``, are platform-wide and have no clinic_id.
+TRAIL_TABLES = (
+    "audit_events",
+    "audit_heads",
+    "audit_subjects",
+    "audit_reviews",
+    "audit_checkpoints",
+)
+#: ``{table: {(policy, command)}}`` of the trail, exactly.
+TRAIL_POLICIES = {
+    "audit_events": {("audit_events_read", "SELECT"), ("audit_events_insert", "INSERT")},
+    "audit_heads": {("audit_heads_all", "ALL")},
+    "audit_subjects": {
+        ("audit_subjects_read", "SELECT"),
+        ("audit_subjects_insert", "INSERT"),
+        ("audit_subjects_update", "UPDATE"),
+        ("audit_subjects_delete", "DELETE"),
+    },
+    "audit_reviews": {
+        ("audit_reviews_read", "SELECT"),
+        ("audit_reviews_insert", "INSERT"),
+        ("audit_reviews_update", "UPDATE"),
+    },
+    "audit_checkpoints": {
+        ("audit_checkpoints_read", "SELECT"),
+        ("audit_checkpoints_insert", "INSERT"),
+        ("audit_checkpoints_update", "UPDATE"),
+    },
+}
+#: What the application role may do to each trail table: read and append; only a chain's
+#: head moves (and a signing key is retired).
+TRAIL_PRIVILEGES = {
+    "audit_events": {"SELECT", "INSERT"},
+    "audit_heads": {"SELECT", "INSERT", "UPDATE"},
+    "audit_subjects": {"SELECT", "INSERT"},
+    "audit_reviews": {"SELECT", "INSERT"},
+    "audit_checkpoints": {"SELECT", "INSERT"},
+    "audit_signing_keys": {"SELECT", "INSERT", "UPDATE"},
+}
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
 RLS_VIOLATION = "row-level security"
 _cpfs = random.Random(20260301)
@@ -1400,8 +1444,35 @@ def test_every_tenant_table_has_rls_enabled_and_forced(
     assert with_policy == set(TENANT_TABLES)
 
 
+def partitions_of(admin: psycopg.Connection[Any], parent: str) -> set[str]:
+    return {
+        row[0]
+        for row in admin.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s",
+            (parent,),
+        )
+    }
+
+
+def app_privileges(admin: psycopg.Connection[Any], table: str) -> set[str]:
+    """The privileges the application role holds on ``table``."""
+    return {
+        privilege
+        for privilege in TABLE_PRIVILEGES
+        if admin.execute(
+            "SELECT has_table_privilege(%s, %s, %s)", (APP_ROLE, f"public.{table}", privilege)
+        ).fetchone()
+        == (True,)
+    }
+
+
 def test_every_table_with_a_clinic_id_is_under_rls(admin: psycopg.Connection[Any]) -> None:
-    """A table with a clinic_id column (but the audit trail) without forced RLS fails here."""
+    """A table with a clinic_id column without forced RLS fails here. The monthly
+    partitions of the audit trail are the one exception: policies bind queries through
+    their parent ``audit_events``, not a partition queried by name, so the application
+    role must hold no privilege at all on a partition (it would read every clinic's
+    events there)."""
     tables = sorted(
         row[0]
         for row in admin.execute(
@@ -1411,10 +1482,33 @@ def test_every_table_with_a_clinic_id_is_under_rls(admin: psycopg.Connection[Any
             " WHERE c.table_schema = 'public' AND c.column_name = 'clinic_id'"
             "   AND t.table_type = 'BASE TABLE'"
         )
-        if row[0] not in NOT_TENANT_SCOPED
     )
-    assert set(tables) >= set(TENANT_TABLES)
-    assert rls_flags(admin, tables) == dict.fromkeys(tables, (True, True))
+    assert set(tables) >= set(TENANT_TABLES) | set(TRAIL_TABLES)
+    months = partitions_of(admin, "audit_events")
+    assert months, "the trail is partitioned by month on PostgreSQL"
+    scoped = [t for t in tables if t not in months]
+    assert rls_flags(admin, scoped) == dict.fromkeys(scoped, (True, True))
+    reachable = {month: granted for month in months if (granted := app_privileges(admin, month))}
+    assert reachable == {}
+
+
+def test_the_audit_trail_is_under_rls_with_exactly_its_policies(
+    admin: psycopg.Connection[Any],
+) -> None:
+    """pg_class, pg_policies and the grants: every trail table has RLS enabled and forced,
+    exactly its own permissive policies (a stray one would widen who reads the trail), and
+    the application role may only read and append (events are never changed or removed)."""
+    assert rls_flags(admin, list(TRAIL_TABLES)) == dict.fromkeys(TRAIL_TABLES, (True, True))
+    found: dict[str, set[tuple[str, str]]] = {}
+    for table, name, cmd, permissive, roles in admin.execute(
+        "SELECT tablename, policyname, cmd, permissive, roles FROM pg_policies"
+        " WHERE schemaname = 'public' AND tablename = ANY(%s)",
+        (list(TRAIL_TABLES),),
+    ):
+        assert (permissive, roles) == ("PERMISSIVE", ["public"]), name
+        found.setdefault(table, set()).add((name, cmd))
+    assert found == TRAIL_POLICIES
+    assert {t: app_privileges(admin, t) for t in TRAIL_PRIVILEGES} == TRAIL_PRIVILEGES
 
 
 def test_policies_are_one_per_command(admin: psycopg.Connection[Any]) -> None:

@@ -15,12 +15,13 @@ from fastapi import APIRouter
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.auth.deps import CurrentPrincipal
 from clinicguard.auth.models import ApiKey
 from clinicguard.core.principal import Role
 from clinicguard.store.interfaces import TenantContext
 from clinicguard.store.tenancy import Clinic
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld, client_for
 from tests.factories.people import Person, add_clinic, add_person
 
@@ -83,12 +84,8 @@ def x_api_key(key: str) -> dict[str, str]:
     return {"x-api-key": key}
 
 
-async def events(world: AuthWorld, kind: str) -> list[Any]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord).where(SecurityEventRecord.event_type == kind)
-        )
-        return list(rows.all())
+async def events(world: AuthWorld, kind: str) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kind)
 
 
 async def test_created_key_is_shown_once_and_stored_hashed(keys_world: AuthWorld) -> None:
@@ -118,9 +115,9 @@ async def test_created_key_is_shown_once_and_stored_hashed(keys_world: AuthWorld
     assert rows[0].secret_hash != key
     created_events = await events(world, "auth:api_key:created")
     assert len(created_events) == 1
-    assert key not in str(created_events[0].details)
-    assert secret_part not in str(created_events[0].details)
-    assert admin.id == created_events[0].user_id
+    assert key not in str((created_events[0].details, created_events[0].reason))
+    assert secret_part not in str((created_events[0].details, created_events[0].reason))
+    assert admin.id == created_events[0].actor_id
 
 
 @pytest.mark.parametrize("header", [bearer, x_api_key])
@@ -211,7 +208,7 @@ async def test_wrong_secret_with_a_real_prefix_is_rejected_and_recorded(
     assert len(rejected) == 2
     assert all(e.details.get("prefix") == created["prefix"] for e in rejected)
     assert all(e.clinic_id == admin.clinic_id for e in rejected)
-    assert all(forged not in str(e.details) for e in rejected)
+    assert all(forged not in str((e.details, e.reason)) for e in rejected)
 
 
 @pytest.mark.parametrize(

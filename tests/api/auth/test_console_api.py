@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.core.principal import Role
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld
 from tests.factories.people import Person, add_clinic, add_person
 
@@ -79,14 +79,8 @@ def with_cookie(value: str, csrf: str | None = None) -> dict[str, str]:
     return headers
 
 
-async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[Any]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord).where(
-                SecurityEventRecord.event_type == kind, SecurityEventRecord.user_id == user_id
-            )
-        )
-        return list(rows.all())
+async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kind, actor_id=user_id)
 
 
 async def staff(world: AuthWorld, role: Role) -> Person:

@@ -21,10 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.core.principal import Role
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld, client_for
 from tests.factories.people import Person, add_clinic, add_person
 
@@ -80,12 +80,8 @@ async def _clinic_person(world: AuthWorld, role: Role = Role.RECEPTIONIST) -> Pe
     return await add_person(world.services, clinic.id, role)
 
 
-async def _events(world: AuthWorld, *kinds: str) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord).where(SecurityEventRecord.event_type.in_(kinds))
-        )
-        return list(rows.all())
+async def _events(world: AuthWorld, *kinds: str) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kinds)
 
 
 def _lock_key(world: AuthWorld, address: str) -> str:
@@ -296,12 +292,13 @@ async def test_failure_and_lockout_events_hold_no_email_or_password(world: AuthW
     lockouts = await _events(world, "auth:lockout")
     assert len(failures) == 10
     assert len(lockouts) == 2
-    assert {e.user_id for e in lockouts} == {person.id, None}
-    assert sum(1 for e in failures if e.user_id == person.id) == 5
+    assert {e.actor_id for e in lockouts} == {person.id, None}
+    assert sum(1 for e in failures if e.actor_id == person.id) == 5
     for event in failures + lockouts:
         row = json.dumps(
             {
                 "details": event.details,
+                "reason": event.reason,
                 "user_agent": event.user_agent,
                 "session_id": event.session_id,
             },
@@ -337,7 +334,7 @@ async def test_clinic_admin_unlocks_a_member(world: AuthWorld) -> None:
         assert response.status_code == 204, response.text
         assert (await _attempt(desk, member.email, member.password)).status_code == 200
     unlocks = await _events(world, "auth:unlock")
-    assert [e.user_id for e in unlocks] == [member.id]
+    assert [e.actor_id for e in unlocks] == [member.id]
 
 
 async def test_unlock_of_another_clinics_user_is_404(world: AuthWorld) -> None:

@@ -17,11 +17,11 @@ from typing import Any
 import argon2
 import bcrypt
 import httpx
-from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.auth.models import User
 from clinicguard.core.principal import Role
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld, client_for
 from tests.factories.people import DEFAULT_PASSWORD, Person, add_clinic, add_person
 
@@ -61,12 +61,8 @@ def reset_tokens(world: AuthWorld, to: str) -> list[str]:
     return tokens
 
 
-async def events(world: AuthWorld, kind: str, user_id: uuid.UUID | None = None) -> list[Any]:
-    async with world.services.db.transaction() as session:
-        query = select(SecurityEventRecord).where(SecurityEventRecord.event_type == kind)
-        if user_id is not None:
-            query = query.where(SecurityEventRecord.user_id == user_id)
-        return list((await session.scalars(query)).all())
+async def events(world: AuthWorld, kind: str, user_id: uuid.UUID | None = None) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kind, actor_id=user_id)
 
 
 async def stored_hash(world: AuthWorld, user_id: uuid.UUID) -> str:
@@ -216,7 +212,7 @@ async def test_successful_change_switches_password_ends_other_sessions_and_notif
     assert len(notices) == 1
     changed = await events(world, "auth:password:changed", person.id)
     assert len(changed) == 1
-    assert NEW_PASSWORD not in str(changed[0].details)
+    assert NEW_PASSWORD not in str((changed[0].details, changed[0].reason))
 
 
 # --- restricted sign-ins: expired, required, breached --------------------------------------------

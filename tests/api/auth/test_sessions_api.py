@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.auth.sessions import session_key
 from clinicguard.core.principal import Role
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld, client_for, fresh_secrets
 from tests.factories.people import Person, add_clinic, add_person
 
@@ -77,12 +77,8 @@ async def _current_sid(world: AuthWorld, tokens: dict[str, Any]) -> str:
     return str(current[0]["id"])
 
 
-async def _events(world: AuthWorld, kind: str) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord).where(SecurityEventRecord.event_type == kind)
-        )
-        return list(rows.all())
+async def _events(world: AuthWorld, kind: str) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kind)
 
 
 def _problem_type(response: httpx.Response) -> str:
@@ -141,7 +137,7 @@ async def test_spent_refresh_token_revokes_only_its_session(make_world: MakeWorl
 
         events = await _events(world, "auth:refresh:reuse")
         assert len(events) == 1
-        assert events[0].user_id == person.id
+        assert events[0].actor_id == person.id
         assert events[0].session_id == sid
 
 
@@ -389,13 +385,11 @@ async def test_sixth_sign_in_ends_the_oldest_session(world: AuthWorld) -> None:
     listed = (await world.client.get(SESSIONS, headers=world.bearer(logins[-1]))).json()
     assert len(listed) == 5
     events = [
-        e
-        for e in await _events(world, "auth:session:revoked")
-        if e.details.get("reason") == "session_limit"
+        e for e in await _events(world, "auth:session:revoked") if e.reason == "session_limit"
     ]
     assert len(events) == 1
     assert events[0].session_id == oldest_sid
-    assert events[0].user_id == person.id
+    assert events[0].actor_id == person.id
 
 
 async def test_concurrent_sign_ins_stay_within_the_session_limit(world: AuthWorld) -> None:
@@ -540,14 +534,7 @@ async def test_a_token_used_after_logout_is_recorded_once_a_minute(world: AuthWo
     assert (await world.client.post(LOGOUT, headers=world.bearer(tokens))).status_code == 204
     for _ in range(5):
         assert await _me(world.client, tokens) == 401
-    async with world.services.db.transaction() as session:
-        rows = (
-            await session.scalars(
-                select(SecurityEventRecord).where(
-                    SecurityEventRecord.event_type == "auth:token:rejected"
-                )
-            )
-        ).all()
+    rows = await _events(world, "auth:token:rejected")
     assert len(rows) == 1
-    assert rows[0].details["reason"] == "session_ended"
-    assert rows[0].user_id == person.id
+    assert rows[0].reason == "session_ended"
+    assert rows[0].actor_id == person.id

@@ -6,12 +6,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
-
-from clinicguard.audit.models import SecurityEventRecord
 from clinicguard.auth.models import ClinicMembership
 from clinicguard.core.principal import Role
 from clinicguard.store.interfaces import TenantContext
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld
 from tests.factories.people import Person, add_clinic, add_person
 
@@ -55,14 +53,7 @@ async def test_switching_gives_new_tokens_and_kills_the_old_ones(world: AuthWorl
         "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
     )
     assert old_refresh.status_code == 401
-    async with world.services.db.transaction() as session:
-        events = (
-            await session.scalars(
-                select(SecurityEventRecord).where(
-                    SecurityEventRecord.event_type == "auth:session:clinic_switched"
-                )
-            )
-        ).all()
+    events = await trail_events(world.services.db, types="auth:session:clinic_switched")
     assert len(events) == 1
     assert events[0].details["previous_clinic"] == str(first)
 
@@ -157,12 +148,5 @@ async def test_an_old_token_after_a_switch_is_recorded_as_clinic_mismatch(
     tokens = await world.login(person)
     await world.client.post(SWITCH, json={"clinic_id": str(second)}, headers=world.bearer(tokens))
     assert (await world.client.get(ME, headers=world.bearer(tokens))).status_code == 401
-    async with world.services.db.transaction() as session:
-        rows = (
-            await session.scalars(
-                select(SecurityEventRecord).where(
-                    SecurityEventRecord.event_type == "auth:token:rejected"
-                )
-            )
-        ).all()
-    assert [r.details["reason"] for r in rows] == ["clinic_mismatch"]
+    rows = await trail_events(world.services.db, types="auth:token:rejected")
+    assert [r.reason for r in rows] == ["clinic_mismatch"]

@@ -31,9 +31,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.authz.engine import PolicyEngine
 from clinicguard.authz.interfaces import (
     AuditLevel,
@@ -46,6 +45,7 @@ from clinicguard.authz.service import API_KEY_SCOPE_RULE, DEFAULT_DENY
 from clinicguard.clinic.cpf import normalize_cpf
 from clinicguard.core.events import SecurityEventType
 from clinicguard.core.masking import mask
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld
 from tests.factories.clinical import STAFF, ClinicSet, new_cpf
 
@@ -69,7 +69,9 @@ APPOINTMENT_FIELDS = ("reason",)
 CLINIC_ZONE = ZoneInfo("America/Sao_Paulo")
 JUSTIFICATION = "Paciente inconsciente no pronto atendimento, sem acompanhante"
 DENIED = str(SecurityEventType.AUTHZ_ACCESS_DENIED)
-REVIEWED = str(SecurityEventType.AUTHZ_EMERGENCY_ACCESS)
+GRANTED = str(SecurityEventType.AUTHZ_EMERGENCY_GRANTED)
+#: Routes that touch patient data: every answer they give with success is one event.
+PATIENT_DATA = ("/api/v1/patients", "/api/v1/records/", "/api/v1/appointments", "/emergency-access")
 
 
 def hours_excluding(now: datetime) -> tuple[int, int]:
@@ -261,6 +263,8 @@ class Sent:
     label: str
     request_id: str
     expected: Expected
+    audited: bool
+    """The route touches patient data: a success is recorded in the trail."""
 
 
 # --- the runner ----------------------------------------------------------------------------
@@ -336,7 +340,8 @@ class Matrix:
         method, url = request
         response = await self.world.client.request(method, url, json=body, headers=actor.headers)
         request_id = response.headers.get("x-request-id", "")
-        self._sent.append((Sent(label, request_id, expected), response.status_code))
+        audited = any(route in url for route in PATIENT_DATA)
+        self._sent.append((Sent(label, request_id, expected, audited), response.status_code))
         if response.status_code != expected.status:
             self.fail(
                 label,
@@ -730,40 +735,58 @@ class Matrix:
 
     async def check_events(self) -> None:
         """One denial event naming the deciding rule per policy 403, none for anything else;
-        one emergency-access event per answer a reviewed or high-audit rule allowed."""
-        async with self.world.services.db.transaction() as session:
-            rows = (
-                await session.scalars(
-                    select(SecurityEventRecord).where(
-                        SecurityEventRecord.event_type.in_((DENIED, REVIEWED))
-                    )
-                )
-            ).all()
-        events: dict[tuple[str, str | None], list[SecurityEventRecord]] = defaultdict(list)
-        for row in rows:
-            events[row.event_type, row.request_id].append(row)
+        one trail event per successful answer of a patient-data route and none for a failed
+        one; marked for review exactly when a break-glass rule allowed it (or it opened a
+        grant), naming that rule."""
+        by_request: dict[str | None, list[AuditEvent]] = defaultdict(list)
+        for row in await trail_events(self.world.services.db):
+            by_request[row.request_id].append(row)
+        by_request.pop(None, None)  # set-up, not requests
         for sent, status in self._sent:
-            denials = events.pop((DENIED, sent.request_id), [])
-            reviews = events.pop((REVIEWED, sent.request_id), [])
+            found = by_request.pop(sent.request_id, [])
+            denials = [e for e in found if e.event_type == DENIED]
+            accesses = [e for e in found if e.event_type != DENIED]
             if status == 403 and not sent.expected.person_only:
                 self._check_denial(sent, denials)
             elif denials:
                 self.fail(sent.label, f"answered {status} but recorded an access denial")
-            want_review = sent.expected.reviewed and status == sent.expected.status
-            if want_review and not (
-                len(reviews) == 1 and reviews[0].details.get("rule") == sent.expected.granted.rule
-            ):
+            if not 200 <= status < 300:
+                if accesses:
+                    self.fail(
+                        sent.label, f"answered {status} but recorded {accesses[0].event_type}"
+                    )
+                continue
+            if len(accesses) != (1 if sent.audited else 0):
                 self.fail(
                     sent.label,
-                    f"allowed by {sent.expected.granted.rule} (reviewed/high audit): expected one"
-                    f" {REVIEWED} event naming it, got {[r.details for r in reviews]}",
+                    f"answered {status} with {[e.event_type for e in accesses]} in the trail",
                 )
-            elif reviews and not want_review:
-                self.fail(sent.label, f"{REVIEWED} recorded but not expected: {reviews[0].details}")
-        for (kind, request_id), rows_left in events.items():
-            self.fail(f"request {request_id}", f"{len(rows_left)} {kind} events of no matrix call")
+                continue
+            if accesses and status == sent.expected.status:
+                self._check_access(sent, accesses[0])
+        for request_id, rows_left in by_request.items():
+            # Signing the actors in leaves authentication events; nothing else may be left.
+            kinds = sorted(
+                {e.event_type for e in rows_left if not e.event_type.startswith("auth:")}
+            )
+            if kinds:
+                self.fail(f"request {request_id}", f"events of no matrix call: {kinds}")
 
-    def _check_denial(self, sent: Sent, denials: list[SecurityEventRecord]) -> None:
+    def _check_access(self, sent: Sent, event: AuditEvent) -> None:
+        if event.event_type == GRANTED:
+            if not event.requires_review or event.reason != JUSTIFICATION:
+                self.fail(sent.label, "a grant must be reviewed and carry its justification")
+            return
+        decision = sent.expected.granted
+        if event.details.get("rule") != decision.rule:
+            self.fail(sent.label, f"recorded rule {event.details.get('rule')}, not {decision.rule}")
+        if event.requires_review != decision.obligations.review:
+            self.fail(
+                sent.label,
+                f"allowed by {decision.rule}: requires_review={event.requires_review} in the trail",
+            )
+
+    def _check_denial(self, sent: Sent, denials: list[AuditEvent]) -> None:
         if len(denials) != 1:
             self.fail(sent.label, f"403 with {len(denials)} {DENIED} events (one expected)")
             return

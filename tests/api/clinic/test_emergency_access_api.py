@@ -1,6 +1,7 @@
 """Break-glass access through the HTTP API (both backends): a justification that means
-something, a 60-minute grant for the caller only, a high-severity event at once and a
-review-marked event for every access under it, expiry, who may ask and who may list."""
+something, a 60-minute grant for the caller only, a high-risk event at once and, in the
+trail, every access under it marked for review with the justification as its reason,
+expiry, who may ask and who may list."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld
 from tests.factories.clinical import ClinicSet, add_clinic_set, add_grant
 
@@ -46,14 +47,14 @@ async def ask(
     return await world.client.post(where, json={"justification": justification}, headers=headers)
 
 
-async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord)
-            .where(SecurityEventRecord.event_type == kind, SecurityEventRecord.user_id == user_id)
-            .order_by(SecurityEventRecord.occurred_at)
-        )
-        return list(rows.all())
+async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kind, actor_id=user_id)
+
+
+async def accesses(world: AuthWorld, user_id: uuid.UUID) -> list[AuditEvent]:
+    """The caller's accesses to patient data, as the trail recorded them."""
+    found = await trail_events(world.services.db, actor_id=user_id)
+    return [e for e in found if e.event_type.startswith("clinic:")]
 
 
 async def grants(
@@ -129,13 +130,15 @@ async def test_break_glass_grants_60_minutes_and_is_recorded_at_once(world: Auth
     granted = await events(world, "authz:emergency:granted", a.people["physician_off"].id)
     assert len(granted) == 1
     event = granted[0]
-    assert event.severity == "high"
+    assert event.risk_level in ("high", "critical")
     assert event.outcome == "success"
     assert event.clinic_id == a.clinic_id
-    assert event.details["grant_id"] == grant["id"]
-    assert event.details["patient_id"] == str(target.id)
-    assert event.details["review"] is True
-    assert REASON not in str(event.details), "the justification is data, not an event detail"
+    assert event.resource_id == grant["id"]
+    assert event.patient_id == target.id
+    assert event.requires_review is True
+    assert event.compliance is True
+    assert event.reason == REASON, "the justification is the event's reason"
+    assert REASON not in str(event.details)
 
 
 async def test_every_access_under_a_grant_is_marked_for_review(world: AuthWorld) -> None:
@@ -144,10 +147,10 @@ async def test_every_access_under_a_grant_is_marked_for_review(world: AuthWorld)
     person = a.people["physician_off"].id
     assert (await ask(world, doc, url(a, 1))).status_code == 201
 
-    def reviewed(rows: list[SecurityEventRecord]) -> list[SecurityEventRecord]:
-        return [e for e in rows if e.details.get("review") is True]
+    def reviewed(rows: list[AuditEvent]) -> list[AuditEvent]:
+        return [e for e in rows if e.requires_review]
 
-    assert reviewed(await events(world, "authz:emergency:access", person)) == []
+    assert reviewed(await accesses(world, person)) == []
     records = await world.client.get(url(a, 1, "/records"), headers=doc)
     assert records.status_code == 200, records.text
     assert records.json()["items"][0]["diagnosis"] == "Dermatite de contato"
@@ -158,19 +161,23 @@ async def test_every_access_under_a_grant_is_marked_for_review(world: AuthWorld)
     assert patient.json()["allergies"] == "Dipirona"
     again = await world.client.get(url(a, 1, "/records"), headers=doc)
     assert again.status_code == 200
-    marked = reviewed(await events(world, "authz:emergency:access", person))
+    marked = reviewed(await accesses(world, person))
     assert len(marked) == 4, [e.details for e in marked]
+    everything = await accesses(world, person)
+    assert [e.id for e in marked] == [e.id for e in everything], "every access is marked"
     for event in marked:
-        assert event.severity == "high"
-        assert event.details["patient_id"] == str(a.patients[1].id)
+        assert event.risk_level in ("high", "critical")
+        assert event.patient_id == a.patients[1].id
         assert event.details["rule"] == "clinician-clinical-emergency"
-    assert sorted(e.details["permission"] for e in marked) == [
-        "patients:read",
-        "records:read",
-        "records:read",
-        "records:read",
+        assert event.details["emergency"] is True
+        assert event.reason == REASON
+    assert [e.event_type for e in marked] == [
+        "clinic:record:list",
+        "clinic:record:read",
+        "clinic:patient:read",
+        "clinic:record:list",
     ]
-    assert [e.details.get("record_id") for e in marked].count(str(a.records[1].id)) == 1
+    assert [e.resource_id for e in marked].count(str(a.records[1].id)) == 1
     # The grant covers that patient only.
     problem(await world.client.get(url(a, 2, "/records"), headers=doc), 403)
     problem(await world.client.get(f"/api/v1/records/{a.records[2].id}", headers=doc), 404)

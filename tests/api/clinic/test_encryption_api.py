@@ -28,13 +28,14 @@ import structlog
 from psycopg import sql as pgsql
 from sqlalchemy import select, update
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.clinic.cpf import format_cpf
 from clinicguard.clinic.maintenance import TABLES, reencrypt
 from clinicguard.core.principal import Role
 from clinicguard.crypto.keyring import FIELD, INDEX
 from clinicguard.crypto.service import index_version
 from clinicguard.store.interfaces import TenantContext
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld, Backend
 from tests.factories.clinical import add_clinic_set, new_cpf
 from tests.factories.people import add_person
@@ -106,15 +107,8 @@ def flip_byte(blob: bytes, position: int) -> bytes:
     return bytes(tampered)
 
 
-async def decrypt_failures(world: AuthWorld, clinic_id: uuid.UUID) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord).where(
-                SecurityEventRecord.event_type == "crypto:decrypt:failed",
-                SecurityEventRecord.clinic_id == clinic_id,
-            )
-        )
-        return list(rows.all())
+async def decrypt_failures(world: AuthWorld, clinic_id: uuid.UUID) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types="crypto:decrypt:failed", clinic_id=clinic_id)
 
 
 async def key_ids(world: AuthWorld, clinic_id: uuid.UUID) -> list[str]:
@@ -184,12 +178,12 @@ async def test_flipped_byte_in_allergies_is_a_loud_failure(
     assert set(body) <= {"type", "title", "status", "detail", "instance", "request_id"}
 
     (event,) = await decrypt_failures(world, a.clinic_id)
-    assert event.severity == "critical"
+    assert (event.risk_level, event.requires_review) == ("critical", True)
     assert event.outcome == "failure"
     assert event.details["table"] == "patients"
     assert event.details["column"] == "allergies"
     assert event.details["row_id"] == str(patient.id)
-    assert_reveals_nothing(repr(event.details), secrets)
+    assert_reveals_nothing(repr((event.details, event.reason)), secrets)
 
     # The neighbours are untouched.
     other = await world.client.get(f"{PATIENTS}/{a.patients[2].id}", headers=doctor)
@@ -253,7 +247,7 @@ async def test_another_patients_ciphertext_copied_in_does_not_open(
     assert {(e.details["table"], e.details["column"], e.details["row_id"]) for e in events} == {
         ("patients", "cpf", str(second.id))
     }
-    assert {e.severity for e in events} == {"critical"}
+    assert {(e.risk_level, e.requires_review) for e in events} == {("critical", True)}
     # A itself still reads; the listing that includes B fails rather than skip or blank it.
     first_read = await world.client.get(
         f"{PATIENTS}/{first.id}", headers=await a.headers(world, "physician")
@@ -468,7 +462,7 @@ def postgres_text(backend: Backend) -> str:
             r[0]
             for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         ]
-        assert "security_events" in tables
+        assert "audit_events" in tables
         for table in tables:
             query = pgsql.SQL("SELECT t::text FROM {} t").format(pgsql.Identifier(table))
             chunks += [row[0] for row in conn.execute(query)]
@@ -517,8 +511,7 @@ async def test_self_test_data_is_found_nowhere_afterwards(
     for response in answers:
         assert_reveals_nothing(response.text, markers)
 
-    async with world.services.db.transaction() as session:
-        events = (await session.scalars(select(SecurityEventRecord))).all()
+    events = await trail_events(world.services.db)
     assert events, "the 403s at least are recorded"
     for event in events:
         assert_reveals_nothing(repr(vars(event)), forms)

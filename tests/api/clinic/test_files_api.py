@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
 from clinicguard.clinic.models import PatientFile
 from clinicguard.store.interfaces import TenantContext
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld
 from tests.factories.clinical import ClinicSet, add_clinic_set
 
@@ -110,15 +110,9 @@ async def test_bad_files_are_refused_and_nothing_is_stored(
     assert response.headers["content-type"].startswith("application/problem+json")
     async with world.services.db.transaction(TenantContext.system(a.clinic_id)) as s:
         assert (await s.scalars(select(PatientFile))).all() == []
-    async with world.services.db.transaction() as s:
-        events = (
-            await s.scalars(
-                select(SecurityEventRecord).where(
-                    SecurityEventRecord.event_type == "input:attack:suspected",
-                    SecurityEventRecord.clinic_id == a.clinic_id,
-                )
-            )
-        ).all()
+    events = await trail_events(
+        world.services.db, types="input:attack:suspected", clinic_id=a.clinic_id
+    )
     assert [e.details["detectors"] for e in events] == ([signal] if signal else [])
 
 

@@ -12,9 +12,10 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlalchemy import select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.clinic.models import MedicalRecord
 from clinicguard.store.interfaces import TenantContext
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld
 from tests.factories.clinical import ClinicSet, add_clinic_set
 
@@ -44,14 +45,8 @@ def records_url(a: ClinicSet, n: int) -> str:
     return f"{PATIENTS}/{a.patients[n].id}/records"
 
 
-async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord).where(
-                SecurityEventRecord.event_type == kind, SecurityEventRecord.user_id == user_id
-            )
-        )
-        return list(rows.all())
+async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kind, actor_id=user_id)
 
 
 def closed_hours(world: AuthWorld) -> tuple[int, int]:

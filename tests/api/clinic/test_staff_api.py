@@ -22,10 +22,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from clinicguard.audit.models import SecurityEventRecord
+from clinicguard.audit.models import AuditEvent
 from clinicguard.auth.models import ClinicMembership
 from clinicguard.core.principal import Role
 from clinicguard.store.interfaces import TenantContext
+from tests.audit_trail import trail_events
 from tests.conftest import AuthWorld
 from tests.factories.clinical import add_clinic_set
 from tests.factories.people import add_person
@@ -86,14 +87,8 @@ def text_of(message: EmailMessage) -> str:
     return content
 
 
-async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[SecurityEventRecord]:
-    async with world.services.db.transaction() as session:
-        rows = await session.scalars(
-            select(SecurityEventRecord)
-            .where(SecurityEventRecord.event_type == kind, SecurityEventRecord.user_id == user_id)
-            .order_by(SecurityEventRecord.occurred_at)
-        )
-        return list(rows.all())
+async def events(world: AuthWorld, kind: str, user_id: uuid.UUID) -> list[AuditEvent]:
+    return await trail_events(world.services.db, types=kind, actor_id=user_id)
 
 
 async def active_admins(world: AuthWorld, clinic_id: uuid.UUID) -> int:
@@ -225,7 +220,7 @@ async def test_a_new_account_sets_its_own_password_from_the_mailed_token(
     assert event.details["target_user_id"] == member["id"]
     assert event.details["role"] == "receptionist"
     assert event.details["new_account"] is True
-    assert token not in json.dumps(event.details)
+    assert token not in json.dumps([event.details, event.reason])
 
 
 async def test_staff_bodies_are_validated(world: AuthWorld) -> None:
