@@ -16,8 +16,9 @@ pipeline does. The entry is a care-team physician's patient read, as
 
    - ``transaction``: ``Database.transaction(tenant)`` — the pool's checkout (pre-ping),
      ``BEGIN``, the tenant's ``set_config``, ``COMMIT`` — and nothing in it;
-   - ``transaction + append``: the same with ``AuditRecorder.record`` inside (head row made
-     if missing, locked ``FOR UPDATE``, the event hashed and inserted, the head moved on),
+   - ``transaction + append``: the same with ``AuditRecorder.record`` inside (head row
+     advanced and locked by ``UPDATE … RETURNING``, the event hashed and written by the
+     head's final ``UPDATE``),
      whose own duration is timed too (``record()`` alone, before the commit).
 
    The difference of the two is the audit's in-transaction cost per request: the recorder's

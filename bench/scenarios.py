@@ -882,7 +882,8 @@ register(
         description="secured patient read vs bare SELECT+INSERT: GET /api/v1/patients/{id} "
         "as in patient-read (its audit event appended in the read's transaction) vs the bare "
         "tenant-scoped SELECT plus the same audit write in the same transaction (head row "
-        "locked FOR UPDATE, one audit_events row, the head moved on; a cheap hash): "
+        "advanced and locked by UPDATE … RETURNING, one audit_events row written by the "
+        "head's UPDATE; a cheap hash): "
         f"throughput ratio, aim ≥ {AUDITED_READ_AIM:.2f}",
         clinicguard=Endpoint(setup=_audited_reads_with_probes, request=_patient),
         bare=Endpoint(setup=_bare_audited_with_probe, request=_bare_audited_patient),

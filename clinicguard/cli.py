@@ -24,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 from uvicorn.supervisors import Multiprocess
 
 from clinicguard.audit.checkpoints import seal_chains
@@ -701,7 +702,16 @@ def retention_run(
         finally:
             await owner.dispose()
 
-    report = _run_with_services(run)
+    try:
+        report = _run_with_services(run)
+    except DBAPIError as exc:
+        # Most likely the application's role: it may not create or drop partitions.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        out.print(
+            "[red]retention runs as the schema owner: set CLINICGUARD_MIGRATION_DATABASE_URL"
+            f" (the database refused: {escape(reason)})[/red]"
+        )
+        raise typer.Exit(2) from exc
     _print_retention(report)
     if report.refused is not None:
         raise typer.Exit(1)

@@ -162,13 +162,6 @@ class CheckpointKeyRing:
             )
         return trusted
 
-    async def ensure(self) -> str:
-        """The active key's id, creating the key now if there is none (at start-up, so the
-        first checkpoint is not the one that creates it)."""
-        async with self._db.transaction() as session:
-            key_id, _ = await self.signing_key(session)
-        return key_id
-
 
 async def public_keys(session: AsyncSession) -> dict[str, CheckpointKey]:
     """Every checkpoint key as stored, retired ones included (they verify what they

@@ -2,9 +2,10 @@
 
 :meth:`AuditRecorder.record` writes an event in the caller's transaction: if the event
 cannot be written, the transaction — and so the access it records — fails (fail closed).
-Ordering under concurrency: the clinic's head row (``audit_heads``) is locked for the rest
-of the transaction (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite serializes writers), the
-next sequence number and the previous hash are read from it, and the head moves on. Two
+Ordering under concurrency: the clinic's head row (``audit_heads``) is advanced with
+``UPDATE … RETURNING``, which locks it for the rest of the transaction (SQLite serializes
+writers) and returns the next sequence number and the previous hash; the event is written
+and the head's hash moved on (in one statement on PostgreSQL). Two
 requests of one clinic therefore append one after the other, in commit order; requests
 of different clinics do not wait for each other.
 """

@@ -306,7 +306,11 @@ class AuditRetention:
         for part in slices:
             for chain in part.chains:
                 upto[chain.clinic_id] = max(upto.get(chain.clinic_id, 0), chain.last_seq)
-        return {c: await verify_chain(self._owner, c, upto=seq) for c, seq in upto.items()}
+        # Only keys this deployment made vouch for the checkpoints the cut relies on.
+        keys = await self._signer.keys.trusted_keys()
+        return {
+            c: await verify_chain(self._owner, c, upto=seq, keys=keys) for c, seq in upto.items()
+        }
 
     async def _refusal(
         self, part: MonthSlice, verified: dict[uuid.UUID, Verification]

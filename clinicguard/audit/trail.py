@@ -188,11 +188,12 @@ def mask_value(value: str) -> str:
 def mask_details(
     details: Mapping[str, str | int | float | bool | None],
 ) -> dict[str, str | int | float | bool | None]:
-    """Details as they may be written: secret or clinical names redacted, identifiers in
-    texts masked. Services pass ids and reasons; this is the net under them."""
+    """Details as they may be written: values under secret or clinical names redacted
+    (texts and numbers alike: a code may be a number), identifiers in texts masked.
+    Services pass ids and reasons; this is the net under them."""
     masked: dict[str, str | int | float | bool | None] = {}
     for name, value in details.items():
-        if isinstance(value, str) and SECRET_NAMES.search(name):
+        if value is not None and not isinstance(value, bool) and SECRET_NAMES.search(name):
             masked[name] = "[redacted]"
         elif isinstance(value, str) and IDENTIFIER_NAMES.search(name):
             masked[name] = value[:DETAIL_CHARS]

@@ -635,3 +635,21 @@ async def test_cli_audit_checkpoint_and_rotate_key(
 
     intact = await asyncio.to_thread(run_cli, "audit", "verify", env=env, cwd=tmp_path)
     assert intact.returncode == 0, intact.stdout + intact.stderr
+
+
+async def test_cli_retention_as_the_application_role(
+    database: Database, backend: Backend, tmp_path: Path
+) -> None:
+    """PostgreSQL: the application's role may not create or drop partitions, so retention
+    says to use the owner's connection, without a traceback. SQLite has one role: it runs."""
+    trail = Trail.build(database, every_events=3)
+    await trail.append(await new_clinic(database), 2)
+    env = cli_env(backend, tmp_path, trail.master_key)
+    env["CLINICGUARD_MIGRATION_DATABASE_URL"] = backend.database_url
+    ran = await asyncio.to_thread(run_cli, "retention", "run", env=env, cwd=tmp_path)
+    assert "Traceback" not in ran.stderr
+    if backend.postgres is None:
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        return
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "CLINICGUARD_MIGRATION_DATABASE_URL" in ran.stdout + ran.stderr
