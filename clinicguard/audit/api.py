@@ -12,16 +12,15 @@ from pydantic import AwareDatetime
 
 from clinicguard.audit import schemas as s
 from clinicguard.audit.queries import (
-    DEFAULT_LIMIT,
     FHIR_NDJSON,
     JSONL,
-    MAX_LIMIT,
     AccessLog,
     AuditTrail,
     TrailFilters,
 )
 from clinicguard.audit.reviews import ReviewQueue
 from clinicguard.auth.deps import FullPerson
+from clinicguard.store.paging import DEFAULT_LIMIT, MAX_LIMIT
 
 security = APIRouter(prefix="/api/v1/security", tags=["audit"])
 patients = APIRouter(prefix="/api/v1", tags=["audit"])

@@ -10,11 +10,9 @@ principal, so PostgreSQL's row-level security holds the same line.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -34,12 +32,11 @@ from clinicguard.authz.service import Authorizer
 from clinicguard.core.clock import Clock
 from clinicguard.core.errors import FieldError, NotFound, ValidationFailed
 from clinicguard.core.events import DetailValue, SecurityEventType
-from clinicguard.core.principal import Principal, Role
+from clinicguard.core.principal import Principal, Role, clinic_of
 from clinicguard.store.db import Database
 from clinicguard.store.interfaces import tenant_of
+from clinicguard.store.paging import page_query, split_page
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
 EXPORT_BATCH = 500
 DEFAULT_EXPORT_SPAN = timedelta(days=30)
 MAX_EXPORT_SPAN = timedelta(days=366)
@@ -56,7 +53,6 @@ EVENT_TYPES = frozenset(str(t) for t in AuditEventType) | frozenset(
 EVENT_OUT = tuple(c for c in HASHED if c not in ("clinic_id", "prev_hash"))
 JSONL = "application/x-ndjson"
 FHIR_NDJSON = "application/fhir+ndjson"
-Row = TypeVar("Row")
 Query = TypeVar("Query", bound="Select[*tuple[Any, ...]]")
 
 
@@ -68,14 +64,6 @@ def moment_in_range(moment: datetime) -> bool:
         return False
 
 
-def clinic_of(principal: Principal) -> uuid.UUID:
-    """The principal's clinic (the audit permissions are clinic permissions: a principal
-    without one has already been refused by the policy)."""
-    if principal.clinic_id is None:
-        raise NotFound()
-    return principal.clinic_id
-
-
 def decided_by(decision: Decision) -> dict[str, DetailValue]:
     return {"permission": decision.permission, "rule": decision.rule}
 
@@ -83,56 +71,26 @@ def decided_by(decision: Decision) -> dict[str, DetailValue]:
 # --- keyset paging over (occurred_at, seq), newest first ------------------------------------
 
 
-def encode_cursor(moment: datetime, seq: int) -> str:
-    """An opaque cursor: the last row's time and sequence number (no personal data)."""
-    raw = json.dumps([moment.astimezone(UTC).isoformat(), seq], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    """The cursor's position; ValidationFailed (422) for anything this server did not issue."""
-    invalid = ValidationFailed(
-        errors=[FieldError("query.cursor", "Not a cursor this server issued.")]
-    )
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(value, list) or len(value) != 2:
-            raise invalid
-        moment, seq = value
-        if not isinstance(moment, str) or type(seq) is not int or not 0 < seq <= MAX_SEQ:
-            raise invalid
-        when = datetime.fromisoformat(moment)
-        if when.tzinfo is None or not moment_in_range(when):
-            raise invalid
-        return when, seq
-    except (ValueError, TypeError, binascii.Error, OverflowError) as exc:
-        raise invalid from exc
+def seq_key(value: object) -> int:
+    """A cursor's key: an event's sequence number (ValueError otherwise)."""
+    if type(value) is not int or not 0 < value <= MAX_SEQ:
+        raise ValueError("not a sequence number")
+    return value
 
 
 def newest_first(query: Query, cursor: str | None, limit: int) -> Query:
     """``query`` over events ordered newest first, after ``cursor``, one row more than
     ``limit`` (to know whether another page exists)."""
-    if cursor is not None:
-        moment, seq = decode_cursor(cursor)
-        query = query.where(
-            or_(
-                AuditEvent.occurred_at < moment,
-                and_(AuditEvent.occurred_at == moment, AuditEvent.seq < seq),
-            )
-        )
-    return query.order_by(AuditEvent.occurred_at.desc(), AuditEvent.seq.desc()).limit(limit + 1)
-
-
-def split_page(
-    rows: Sequence[Row], limit: int, position: Callable[[Row], tuple[datetime, int]]
-) -> tuple[list[Row], str | None]:
-    """The page's rows and the next page's cursor (None on the last page); ``position``
-    gives a row's (occurred_at, seq)."""
-    items = list(rows[:limit])
-    if len(rows) <= limit or not items:
-        return items, None
-    return items, encode_cursor(*position(items[-1]))
+    return page_query(
+        query,
+        AuditEvent.occurred_at,
+        AuditEvent.seq,
+        cursor,
+        limit,
+        parse_key=seq_key,
+        valid_time=moment_in_range,
+        newest_first=True,
+    )
 
 
 def about_patient(clinic_id: uuid.UUID, patient_id: uuid.UUID) -> ColumnElement[bool]:

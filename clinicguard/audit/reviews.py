@@ -18,13 +18,11 @@ from sqlalchemy.exc import IntegrityError
 
 from clinicguard.audit.models import AuditEvent, AuditReview
 from clinicguard.audit.queries import (
-    clinic_of,
     decided_by,
     event_out,
     newest_first,
     review_join,
     review_out,
-    split_page,
 )
 from clinicguard.audit.recorder import AuditRecorder
 from clinicguard.audit.trail import AuditEntry, AuditEventType, RiskLevel
@@ -32,9 +30,10 @@ from clinicguard.authz.interfaces import AccessDenied, Decision, Permission
 from clinicguard.authz.service import Authorizer
 from clinicguard.core.clock import Clock
 from clinicguard.core.errors import Conflict, NotFound
-from clinicguard.core.principal import Principal
+from clinicguard.core.principal import Principal, clinic_of
 from clinicguard.store.db import Database
 from clinicguard.store.interfaces import tenant_of
+from clinicguard.store.paging import split_page
 
 REVIEW_LEVELS = (str(RiskLevel.HIGH), str(RiskLevel.CRITICAL))
 REVIEW_ACTIONS = ("delete", "export")

@@ -19,12 +19,12 @@ from clinicguard.authz.interfaces import Permission
 from clinicguard.authz.service import Authorizer
 from clinicguard.clinic import schemas as s
 from clinicguard.clinic.files import PatientFileService
-from clinicguard.clinic.paging import DEFAULT_LIMIT, MAX_LIMIT
 from clinicguard.clinic.service import ClinicDataService
 from clinicguard.clinic.staff import StaffService
 from clinicguard.core.errors import FieldError, ValidationFailed
 from clinicguard.core.schemas import PlainText
 from clinicguard.crypto.service import FieldEncryption
+from clinicguard.store.paging import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(prefix="/api/v1", tags=["clinic data"])
 _ERRORS: dict[int | str, dict[str, str]] = {

@@ -19,9 +19,8 @@ from clinicguard.audit.trail import AuditEntry, AuditEventType, RiskLevel
 from clinicguard.authz.interfaces import AuditLevel, Decision
 from clinicguard.clinic.models import EmergencyGrant
 from clinicguard.core.clock import Clock
-from clinicguard.core.errors import NotFound
 from clinicguard.core.events import SecurityEventType
-from clinicguard.core.principal import Principal
+from clinicguard.core.principal import Principal, clinic_of
 
 
 class AccessAudit:
@@ -44,8 +43,7 @@ class AccessAudit:
     ) -> None:
         """Append the access allowed by ``decision`` (``event_type`` names it:
         ``clinic:<resource>:<action>``) to the principal's clinic's chain in ``session``."""
-        if principal.clinic_id is None:
-            raise NotFound()
+        clinic = clinic_of(principal)
         emergency = decision.obligations.review
         reason = None
         if emergency and patient_id is not None:
@@ -69,7 +67,7 @@ class AccessAudit:
         )
         await self._recorder.record(
             session,
-            principal.clinic_id,
+            clinic,
             principal,
             entry,
             rows=max(rows, len(patients)),
@@ -81,8 +79,7 @@ class AccessAudit:
         self, session: AsyncSession, principal: Principal, grant: EmergencyGrant
     ) -> None:
         """A break-glass grant opened: high risk, compliance-relevant, reviewed."""
-        if principal.clinic_id is None:
-            raise NotFound()
+        clinic = clinic_of(principal)
         entry = AuditEntry(
             event_type=SecurityEventType.AUTHZ_EMERGENCY_GRANTED,
             action="grant",
@@ -96,7 +93,7 @@ class AccessAudit:
             compliance=True,
             floor=RiskLevel.HIGH,
         )
-        await self._recorder.record(session, principal.clinic_id, principal, entry)
+        await self._recorder.record(session, clinic, principal, entry)
 
     async def _justification(
         self, session: AsyncSession, principal: Principal, patient_id: uuid.UUID

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import func, select
@@ -42,14 +43,14 @@ from clinicguard.clinic.models import (
     Treatment,
     TreatmentCertification,
 )
-from clinicguard.clinic.paging import in_utc, page_query, split_page
 from clinicguard.clinic.protection import open_from, seal_into
 from clinicguard.core.clock import Clock
 from clinicguard.core.errors import Conflict, FieldError, NotFound, ValidationFailed
-from clinicguard.core.principal import Principal
+from clinicguard.core.principal import Principal, clinic_of
 from clinicguard.crypto.service import FieldEncryption
 from clinicguard.store.db import Database
 from clinicguard.store.interfaces import tenant_of
+from clinicguard.store.paging import in_utc, page_query, split_page, uuid_key
 
 EMERGENCY_GRANT_DURATION = timedelta(minutes=60)
 MAX_APPOINTMENT = timedelta(hours=12)
@@ -115,14 +116,6 @@ CPF_TAKEN = "A patient with this CPF already exists in this clinic."
 def _cpf_key(clinic_id: uuid.UUID | None) -> str:
     """The lock of a clinic's CPF uniqueness check."""
     return f"patients-cpf:{clinic_id}"
-
-
-def _clinic(principal: Principal) -> uuid.UUID:
-    """The principal's clinic (every clinic-data permission needs one; the policy has
-    already refused a principal without)."""
-    if principal.clinic_id is None:
-        raise NotFound()
-    return principal.clinic_id
 
 
 class ClinicDataService:
@@ -202,17 +195,24 @@ class ClinicDataService:
         query = select(Patient).where(visible_patients(principal))
         if cpf is not None:
             indexes = await self._fields.blind_indexes(
-                _clinic(principal), "cpf", normalize_cpf(cpf)
+                clinic_of(principal), "cpf", normalize_cpf(cpf)
             )
             query = query.where(Patient.cpf_index.in_(indexes))
         if q is not None:
             escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(func.lower(Patient.full_name).like(f"%{escaped}%", escape="\\"))
-        query = page_query(query, Patient.created_at, Patient.id, cursor, limit)
+        query = page_query(
+            query,
+            Patient.created_at,
+            Patient.id,
+            cursor,
+            limit,
+            parse_key=uuid_key,
+        )
         searched = cpf is not None or q is not None
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
-            items, next_cursor = split_page(rows, limit, ("created_at", "id"))
+            items, next_cursor = split_page(rows, limit, attrgetter("created_at", "id"))
             out = [await self._reveal("patients", p, PATIENT_OUT, decision) for p in items]
             await self._audit.record(
                 session,
@@ -250,7 +250,7 @@ class ClinicDataService:
         )
         now = self._clock.now()
         patient = Patient(
-            clinic_id=_clinic(principal), id=uuid.uuid4(), created_at=now, updated_at=now
+            clinic_id=clinic_of(principal), id=uuid.uuid4(), created_at=now, updated_at=now
         )
         values = body.model_dump()
         await self._seal("patients", patient, values)
@@ -361,14 +361,20 @@ class ClinicDataService:
             MedicalRecord.clinic_id == principal.clinic_id, MedicalRecord.patient_id == patient_id
         )
         query = page_query(
-            query, MedicalRecord.created_at, MedicalRecord.id, cursor, limit, newest_first=True
+            query,
+            MedicalRecord.created_at,
+            MedicalRecord.id,
+            cursor,
+            limit,
+            parse_key=uuid_key,
+            newest_first=True,
         )
         async with self._tx(principal) as session:
             _, decision = await self.clinical_patient(
                 session, principal, patient_id, Permission.RECORDS_READ
             )
             rows = (await session.scalars(query)).all()
-            items, next_cursor = split_page(rows, limit, ("created_at", "id"))
+            items, next_cursor = split_page(rows, limit, attrgetter("created_at", "id"))
             out = [await self._reveal("medical_records", r, RECORD_OUT, decision) for r in items]
             await self._audit.record(
                 session,
@@ -422,7 +428,7 @@ class ClinicDataService:
         async with self._tx(principal) as session:
             _, decision = await self.clinical_patient(session, principal, patient_id, permission)
             record = MedicalRecord(
-                clinic_id=_clinic(principal),
+                clinic_id=clinic_of(principal),
                 id=uuid.uuid4(),
                 patient_id=patient_id,
                 author_id=principal.user_id,
@@ -449,14 +455,20 @@ class ClinicDataService:
             Prescription.clinic_id == principal.clinic_id, Prescription.patient_id == patient_id
         )
         query = page_query(
-            query, Prescription.issued_at, Prescription.id, cursor, limit, newest_first=True
+            query,
+            Prescription.issued_at,
+            Prescription.id,
+            cursor,
+            limit,
+            parse_key=uuid_key,
+            newest_first=True,
         )
         async with self._tx(principal) as session:
             _, decision = await self.clinical_patient(
                 session, principal, patient_id, Permission.PRESCRIPTIONS_READ
             )
             rows = (await session.scalars(query)).all()
-            items, next_cursor = split_page(rows, limit, ("issued_at", "id"))
+            items, next_cursor = split_page(rows, limit, attrgetter("issued_at", "id"))
             out = [
                 await self._reveal("prescriptions", r, PRESCRIPTION_OUT, decision) for r in items
             ]
@@ -480,7 +492,7 @@ class ClinicDataService:
             )
             now = self._clock.now()
             row = Prescription(
-                clinic_id=_clinic(principal),
+                clinic_id=clinic_of(principal),
                 id=uuid.uuid4(),
                 patient_id=patient_id,
                 prescriber_id=principal.user_id,
@@ -580,11 +592,17 @@ class ClinicDataService:
                 (EmergencyGrant.revoked_at.is_not(None)) | (EmergencyGrant.expires_at <= now)
             )
         query = page_query(
-            query, EmergencyGrant.granted_at, EmergencyGrant.id, cursor, limit, newest_first=True
+            query,
+            EmergencyGrant.granted_at,
+            EmergencyGrant.id,
+            cursor,
+            limit,
+            parse_key=uuid_key,
+            newest_first=True,
         )
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
-            items, next_cursor = split_page(rows, limit, ("granted_at", "id"))
+            items, next_cursor = split_page(rows, limit, attrgetter("granted_at", "id"))
             await self._audit.record(
                 session,
                 principal,
@@ -626,10 +644,17 @@ class ClinicDataService:
             query = query.where(Appointment.starts_at >= starts_from)
         if starts_to is not None:
             query = query.where(Appointment.starts_at < starts_to)
-        query = page_query(query, Appointment.starts_at, Appointment.id, cursor, limit)
+        query = page_query(
+            query,
+            Appointment.starts_at,
+            Appointment.id,
+            cursor,
+            limit,
+            parse_key=uuid_key,
+        )
         async with self._tx(principal) as session:
             rows = (await session.scalars(query)).all()
-            items, next_cursor = split_page(rows, limit, ("starts_at", "id"))
+            items, next_cursor = split_page(rows, limit, attrgetter("starts_at", "id"))
             out = [await self._reveal("appointments", a, APPOINTMENT_OUT, decision) for a in items]
             await self._audit.record(
                 session,
@@ -750,7 +775,7 @@ class ClinicDataService:
             )
             now = self._clock.now()
             row = Appointment(
-                clinic_id=_clinic(principal),
+                clinic_id=clinic_of(principal),
                 id=uuid.uuid4(),
                 status="scheduled",
                 created_by=principal.user_id if principal.auth_method != "api_key" else None,

@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from clinicguard.core.errors import NotFound
+
 
 class Role(StrEnum):
     PLATFORM_ADMIN = "platform_admin"
@@ -56,3 +58,12 @@ class Principal:
     @property
     def is_fully_authenticated(self) -> bool:
         return FULL_ACCESS in self.scopes
+
+
+def clinic_of(principal: Principal) -> uuid.UUID:
+    """The principal's clinic, for work that needs one (clinic data, the clinic's audit
+    trail): the policy has already refused a principal without, so NotFound (404) here
+    only backs it up."""
+    if principal.clinic_id is None:
+        raise NotFound()
+    return principal.clinic_id
