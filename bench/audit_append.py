@@ -49,8 +49,9 @@ from sqlalchemy import func, select
 from bench import inprocess
 from bench.inprocess import Figures, InProcessSpec, Samples
 from clinicguard.audit.models import AuditCheckpoint
-from clinicguard.audit.recorder import AuditRecorder, verify_chain
+from clinicguard.audit.recorder import AuditRecorder
 from clinicguard.audit.trail import AuditEntry, AuditEventType
+from clinicguard.audit.verify import verify_chain
 from clinicguard.core.context import RequestContext, bind_request, unbind_request
 from clinicguard.core.ids import new_request_id
 from clinicguard.store.db import Database

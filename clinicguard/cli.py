@@ -28,10 +28,9 @@ from sqlalchemy.exc import DBAPIError
 from uvicorn.supervisors import Multiprocess
 
 from clinicguard.audit.checkpoints import seal_chains
-from clinicguard.audit.recorder import Verification
 from clinicguard.audit.retention import AuditRetention, RetentionReport
 from clinicguard.audit.trail import PLATFORM
-from clinicguard.audit.verify import verify_all, verify_chain
+from clinicguard.audit.verify import Verification, verify_all, verify_chain
 from clinicguard.auth.mfa import TotpSeeds
 from clinicguard.auth.users import create_user
 from clinicguard.authz.engine import PolicyEngine

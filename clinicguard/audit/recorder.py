@@ -1,4 +1,4 @@
-"""Recording and verifying the audit trail.
+"""Recording the audit trail (verification: :mod:`clinicguard.audit.verify`).
 
 :meth:`AuditRecorder.record` writes an event in the caller's transaction: if the event
 cannot be written, the transaction — and so the access it records — fails (fail closed).
@@ -266,24 +266,3 @@ class AuditRecorder:
             .on_conflict_do_nothing(index_elements=["clinic_id"])
         )
         return (await session.execute(ADVANCE, {"clinic": clinic_id})).one()
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    """The outcome of verifying one chain: whether it holds, how many events were walked,
-    and where it first broke (the event's id when it still exists, its sequence) and why."""
-
-    ok: bool
-    checked: int
-    first_broken_event_id: uuid.UUID | None
-    first_broken_seq: int | None
-    reason: str | None
-
-
-async def verify_chain(db: Database, clinic_id: uuid.UUID, batch: int = 1000) -> Verification:
-    """Verify the clinic's chain: links, hashes, signed checkpoints, the retention anchor
-    and the head (see :mod:`clinicguard.audit.verify`). The first event that does not hold
-    is named."""
-    from clinicguard.audit.verify import verify_chain as verify  # it builds on this module
-
-    return await verify(db, clinic_id, batch)

@@ -33,9 +33,9 @@ from sqlalchemy.exc import DBAPIError
 
 from clinicguard.audit.checkpoints import Ed25519CheckpointSigner
 from clinicguard.audit.models import AuditEvent, AuditSubject
-from clinicguard.audit.recorder import AuditRecorder, Verification
+from clinicguard.audit.recorder import AuditRecorder
 from clinicguard.audit.trail import AuditEntry, AuditEventType
-from clinicguard.audit.verify import verify_chain
+from clinicguard.audit.verify import Verification, verify_chain
 from clinicguard.core.clock import Clock
 from clinicguard.core.logging import get_logger
 from clinicguard.store.db import Database

@@ -36,7 +36,7 @@ from clinicguard.audit.checkpoints import (
     public_keys,
 )
 from clinicguard.audit.models import AuditCheckpoint, AuditEvent, AuditHead
-from clinicguard.audit.recorder import HASHED, Verification
+from clinicguard.audit.recorder import HASHED
 from clinicguard.audit.trail import GENESIS, chain_hash
 from clinicguard.crypto.signing import ed25519_verify
 from clinicguard.store.db import Database
@@ -44,6 +44,18 @@ from clinicguard.store.interfaces import TenantContext
 
 BATCH = 1000
 KINDS = frozenset(str(k) for k in CheckpointKind)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """The outcome of verifying one chain: whether it holds, how many events were walked,
+    and where it first broke (the event's id when it still exists, its sequence) and why."""
+
+    ok: bool
+    checked: int
+    first_broken_event_id: uuid.UUID | None
+    first_broken_seq: int | None
+    reason: str | None
 
 
 def _broken(checked: int, event_id: uuid.UUID | None, seq: int, reason: str) -> Verification:

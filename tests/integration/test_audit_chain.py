@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from clinicguard.audit.recorder import AuditRecorder, verify_chain
+from clinicguard.audit.recorder import AuditRecorder
 from clinicguard.audit.trail import AuditEntry, AuditEventType, RiskLevel, risk
+from clinicguard.audit.verify import verify_chain
 from clinicguard.core.clock import SystemClock
 from clinicguard.core.principal import FULL_ACCESS, Principal, Role
 from clinicguard.store.db import Database
